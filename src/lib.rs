@@ -1,0 +1,48 @@
+//! sockline: line-oriented TCP messaging, from the tutorial's one-client
+//! server to one process that serves thousands of clients at once.
+//!
+//! # Architecture
+//!
+//! A server is a [`Protocol`] (what to answer to a line) run by
+//! [`server::run`] (how bytes move). `run` takes a bound listener, starts one
+//! worker thread per CPU, and each worker drives its share of the
+//! connections from a single `mio` event loop. A connection is a small struct
+//! in a slab ([`connection`]): its socket and the line framing, with no read
+//! or write buffer held while it is idle, so ten thousand idle clients cost
+//! a few hundred bytes each. A [`Shutdown`] handle stops accepting and drains.
+//!
+//! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
+//! in a few dozen lines. The interactive client is [`client`].
+//!
+//! # Writing a protocol
+//!
+//! ```no_run
+//! use sockline::{Flow, Output, Protocol, Config, Shutdown};
+//! use std::net::SocketAddr;
+//!
+//! struct Shout;
+//! impl Protocol for Shout {
+//!     type Session = ();
+//!     fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
+//!     fn line(&self, _s: &mut (), line: &[u8], out: &mut Output) -> Flow {
+//!         out.line(&line.to_ascii_uppercase());
+//!         Flow::Continue
+//!     }
+//! }
+//!
+//! let listener = sockline::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+//! sockline::server::run(listener, Shout, Config::default(), Shutdown::new()).unwrap();
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod connection;
+pub mod mode;
+pub mod protocol;
+pub mod server;
+pub mod shutdown;
+
+pub use protocol::{Flow, Output, Protocol};
+pub use server::Config;
+pub use shutdown::Shutdown;

@@ -1,0 +1,77 @@
+//! The `sockline` binary: parse the command line, start logging, run the
+//! library, and turn any error into one line and an exit code.
+
+mod cli;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{Cli, Command, Mode, ServeArgs};
+use sockline::{Config, Shutdown, mode, server};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Connect(args) => {
+            sockline::client::run(&args.addr, secs(args.timeout)).map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(args.quiet, args.verbose);
+    if let Err(e) = server::raise_fd_limit() {
+        tracing::warn!("cannot raise the open-file limit: {e}");
+    }
+    let listener =
+        server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
+    let shutdown = Shutdown::new();
+    shutdown
+        .trigger_on_signals()
+        .context("cannot install signal handlers")?;
+    let config = Config {
+        max_line: usize::try_from(args.max_line).unwrap_or(usize::MAX),
+        max_conns: args.max_conns,
+        drain_timeout: secs(args.drain_timeout),
+        workers: args.workers,
+    };
+    match args.mode {
+        Mode::Ack => server::run(listener, mode::Ack, config, shutdown),
+        Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
+    }
+    .context("server failed")
+}
+
+fn init_logging(quiet: bool, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "warn"
+    } else if verbose {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Seconds from the command line as a duration; nonsense becomes zero.
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}

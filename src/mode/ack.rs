@@ -1,0 +1,28 @@
+//! `ack`: the tutorial's protocol, byte for byte. Every line is answered with
+//! ` MSG Received` (leading space included); `BYE` is answered, then closes.
+
+use super::is_bye;
+use crate::{Flow, Output, Protocol};
+use std::net::SocketAddr;
+
+/// The reply to every line.
+pub const REPLY: &[u8] = b" MSG Received\n";
+
+/// The tutorial's acknowledging server.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ack;
+
+impl Protocol for Ack {
+    type Session = ();
+
+    fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
+
+    fn line(&self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+        out.raw(REPLY);
+        if is_bye(line) {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+}
