@@ -169,11 +169,11 @@ impl<P: Protocol> Worker<P> {
                 deadline = Some(Instant::now() + self.shared.config.drain_timeout);
                 self.start_drain();
             }
-            if let Some(at) = deadline {
-                if self.conns.is_empty() || Instant::now() >= at {
-                    self.close_all("drain timeout");
-                    return Ok(());
-                }
+            if let Some(at) = deadline
+                && (self.conns.is_empty() || Instant::now() >= at)
+            {
+                self.close_all("drain timeout");
+                return Ok(());
             }
             let wake = [self.accept_at, deadline].into_iter().flatten().min();
             let timeout = wake.map(|at| at.saturating_duration_since(Instant::now()));
