@@ -12,20 +12,20 @@
 use sockline::{Config, Flow, Output, Protocol, Shutdown, server};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// The store: one map behind a lock, shared by all connections.
-#[derive(Default)]
+/// The store: one map behind a lock, shared by every event loop's clone.
+#[derive(Default, Clone)]
 pub struct Kv {
-    map: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    map: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl Protocol for Kv {
     type Session = ();
 
-    fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
+    fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 
-    fn line(&self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+    fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
         let mut words = line.splitn(3, |&b| b == b' ');
         let command = words.next().unwrap_or_default().to_ascii_uppercase();
         let key = words.next();

@@ -1,7 +1,7 @@
 //! One client connection: its socket and its line framing.
 //!
 //! Memory is the point of this file. An idle connection holds only its
-//! socket, its peer address and two empty `Vec`s: bytes are read into the
+//! socket, its peer address and empty buffers: bytes are read into the
 //! worker's shared [`Scratch`] buffer, and a connection takes a buffer of its
 //! own only for what must outlive one wake-up (a partial line, or replies the
 //! socket would not take yet), giving it back as soon as it is empty.
@@ -9,22 +9,29 @@
 //! Every complete line of one read is answered into one output buffer, which
 //! leaves in one `write`. A connection whose replies the client does not read
 //! stops being read (TCP backpressure), so its memory stays bounded by about
-//! `max_line` plus one read and one output cap.
+//! `max_line` plus one read and one output cap. Messages from other
+//! connections (chat) wait in a queue of shared buffers, written with one
+//! vectored write per round and bounded by `max_queue`.
 
-use crate::protocol::{Flow, Output, Protocol};
+use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use mio::net::TcpStream;
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown as HalfClose, SocketAddr};
 
 /// Bytes read per `read` call.
 pub const READ_CHUNK: usize = 16 * 1024;
 /// Answering stops for a while once this many reply bytes are waiting.
 pub const OUTPUT_CAP: usize = 64 * 1024;
+/// Most buffers handed to one vectored write.
+const MAX_SLICES: usize = 64;
 
 /// Per-worker buffers shared by all of its connections.
 pub struct Scratch {
     input: Box<[u8]>,
     output: Vec<u8>,
+    /// Messages protocols sent to other connections, not yet queued.
+    pub(crate) post: Vec<(ConnId, Message)>,
 }
 
 impl Default for Scratch {
@@ -32,7 +39,17 @@ impl Default for Scratch {
         Scratch {
             input: vec![0; READ_CHUNK].into_boxed_slice(),
             output: Vec::with_capacity(OUTPUT_CAP + READ_CHUNK),
+            post: Vec::new(),
         }
+    }
+}
+
+impl Scratch {
+    /// An [`Output`] for connection `id` whose replies are thrown away (the
+    /// connection is gone) but whose messages to others still go out.
+    pub(crate) fn detached(&mut self, id: ConnId) -> Output<'_> {
+        self.output.clear();
+        Output::new(id, &mut self.output, &mut self.post)
     }
 }
 
@@ -41,11 +58,11 @@ impl Default for Scratch {
 pub enum Status {
     /// Wait for the next readiness event.
     Wait {
-        /// Replies are pending: also wake on writability.
+        /// Bytes are pending: also wake on writability.
         want_write: bool,
     },
-    /// Close it now, for this reason (for the log).
-    Close(&'static str),
+    /// Close it now, for this reason.
+    Close(CloseReason),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,19 +70,32 @@ enum Phase {
     /// Reading and answering.
     Open,
     /// No more reads: answer the complete lines already buffered, flush, close.
-    Draining(&'static str),
+    Draining(CloseReason),
     /// No more answers: flush, close.
-    Closing(&'static str),
+    Closing(CloseReason),
+}
+
+/// Messages from other connections waiting for the socket.
+#[derive(Default)]
+struct Mail {
+    queue: VecDeque<Message>,
+    /// Bytes of the front message already written.
+    head: usize,
+    /// Bytes waiting in all of `queue`, less `head`.
+    bytes: usize,
 }
 
 /// A client connection.
 pub struct Connection<S> {
+    id: ConnId,
     stream: TcpStream,
     peer: SocketAddr,
     /// A partial line, or lines not yet answered because the output was full.
     input: Vec<u8>,
     /// Replies the socket has not taken yet.
     output: Vec<u8>,
+    /// Taken on the first message from another connection.
+    mail: Option<Box<Mail>>,
     /// `input` may hold complete lines that were not answered yet.
     backlog: bool,
     phase: Phase,
@@ -73,20 +103,26 @@ pub struct Connection<S> {
 }
 
 impl<S> Connection<S> {
-    /// Wraps an accepted stream; `open` runs the protocol's greeting.
+    /// Wraps an accepted stream; runs the protocol's greeting.
     pub fn open<P: Protocol<Session = S>>(
+        id: ConnId,
         stream: TcpStream,
         peer: SocketAddr,
-        proto: &P,
+        proto: &mut P,
         scratch: &mut Scratch,
     ) -> Self {
         scratch.output.clear();
-        let session = proto.open(peer, &mut Output::new(&mut scratch.output));
+        let session = proto.open(
+            peer,
+            &mut Output::new(id, &mut scratch.output, &mut scratch.post),
+        );
         let mut conn = Connection {
+            id,
             stream,
             peer,
             input: Vec::new(),
             output: Vec::new(),
+            mail: None,
             backlog: false,
             phase: Phase::Open,
             session,
@@ -112,53 +148,75 @@ impl<S> Connection<S> {
         self.session
     }
 
-    /// Server shutdown: stop reading; lines already received still get their
-    /// replies, a partial line is dropped.
-    pub fn stop_reading(&mut self) {
-        if self.phase == Phase::Open {
-            self.phase = Phase::Draining("server shutdown");
+    /// Server shutdown: the protocol's last word, then no more reading;
+    /// lines already received still get their replies, a partial line is
+    /// dropped.
+    pub fn stop_reading<P: Protocol<Session = S>>(&mut self, proto: &mut P, scratch: &mut Scratch) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.phase = Phase::Draining(CloseReason::Shutdown);
+        scratch.output.clear();
+        proto.shutdown(
+            &mut self.session,
+            &mut Output::new(self.id, &mut scratch.output, &mut scratch.post),
+        );
+        self.send(scratch);
+    }
+
+    /// Queues a message from another connection; false when the queue has
+    /// outgrown `max_queue` (the client is not keeping up).
+    pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
+        if matches!(self.phase, Phase::Closing(_)) {
+            return true;
+        }
+        let mail = self.mail.get_or_insert_with(Box::default);
+        mail.bytes += msg.len();
+        mail.queue.push_back(msg);
+        mail.bytes <= max_queue
+    }
+
+    /// Writes what is pending, without reading. Call after [`deliver`](Self::deliver).
+    pub fn flush_only(&mut self) -> Status {
+        match self.flush() {
+            Ok(true) => match self.phase {
+                Phase::Closing(why) => Status::Close(why),
+                _ => Status::Wait { want_write: false },
+            },
+            Ok(false) => Status::Wait { want_write: true },
+            Err(why) => Status::Close(why),
         }
     }
 
-    /// Does all the work the socket allows now: flush pending replies, read,
+    /// Does all the work the socket allows now: flush pending bytes, read,
     /// answer, write. Call on every readiness event; `hup` says the event
     /// reported the peer's end of stream, so a short read is not the last.
     pub fn drive<P: Protocol<Session = S>>(
         &mut self,
-        proto: &P,
+        proto: &mut P,
         scratch: &mut Scratch,
         max_line: usize,
         hup: bool,
     ) -> Status {
         loop {
-            if !self.output.is_empty() {
-                match self.stream.write(&self.output) {
-                    Ok(n) => {
-                        self.output.drain(..n);
-                        if self.output.is_empty() {
-                            self.output = Vec::new();
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Status::Wait { want_write: true };
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Status::Close(error_reason(&e)),
-                }
-                continue;
+            match self.flush() {
+                Ok(true) => {}
+                Ok(false) => return Status::Wait { want_write: true },
+                Err(why) => return Status::Close(why),
             }
             if self.backlog {
                 scratch.output.clear();
-                let (used, flow) = answer(
+                let (used, how) = answer(
                     proto,
+                    self.id,
                     &mut self.session,
                     self.peer,
                     &self.input,
-                    &mut scratch.output,
+                    scratch,
                     max_line,
                 );
                 self.input.drain(..used);
-                self.after_answer(flow);
+                self.after_answer(how);
                 self.send(scratch);
                 continue;
             }
@@ -169,7 +227,7 @@ impl<S> Connection<S> {
             match self.stream.read(&mut scratch.input) {
                 Ok(0) => {
                     // EOF: an unterminated last line is answered like any other.
-                    self.phase = Phase::Draining("closed by client");
+                    self.phase = Phase::Draining(CloseReason::Client);
                     if !self.input.is_empty() {
                         self.input.push(b'\n');
                         self.backlog = true;
@@ -177,7 +235,7 @@ impl<S> Connection<S> {
                 }
                 Ok(n) => {
                     self.receive(proto, scratch, n, max_line);
-                    if !hup && n < scratch.input.len() && self.output.is_empty() && !self.backlog {
+                    if !hup && n < scratch.input.len() && !self.has_pending() && !self.backlog {
                         // A short read drained the socket; epoll will tell us
                         // when more arrives, so skip the read that would fail.
                         return match self.phase {
@@ -195,11 +253,65 @@ impl<S> Connection<S> {
         }
     }
 
+    fn has_pending(&self) -> bool {
+        !self.output.is_empty() || self.mail.as_ref().is_some_and(|m| m.bytes > 0)
+    }
+
+    /// Writes pending replies, then queued messages, in as few vectored
+    /// writes as the socket takes. True when nothing is left.
+    fn flush(&mut self) -> Result<bool, CloseReason> {
+        while self.has_pending() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            if !self.output.is_empty() {
+                slices[0] = IoSlice::new(&self.output);
+                count = 1;
+            }
+            if let Some(mail) = &self.mail {
+                for (i, msg) in mail.queue.iter().take(MAX_SLICES - count).enumerate() {
+                    let skip = if i == 0 { mail.head } else { 0 };
+                    slices[count] = IoSlice::new(&msg[skip..]);
+                    count += 1;
+                }
+            }
+            let written = match self.stream.write_vectored(&slices[..count]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(error_reason(&e)),
+            };
+            self.consume(written);
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front of output, then mail.
+    fn consume(&mut self, mut n: usize) {
+        let from_output = n.min(self.output.len());
+        self.output.drain(..from_output);
+        if self.output.is_empty() {
+            self.output = Vec::new();
+        }
+        n -= from_output;
+        let Some(mail) = &mut self.mail else { return };
+        mail.bytes -= n;
+        while n > 0 {
+            let left = mail.queue[0].len() - mail.head;
+            if n < left {
+                mail.head += n;
+                return;
+            }
+            n -= left;
+            mail.head = 0;
+            mail.queue.pop_front();
+        }
+    }
+
     /// Answers the `n` bytes just read into the scratch buffer, keeping any
     /// partial line in the connection's own buffer.
     fn receive<P: Protocol<Session = S>>(
         &mut self,
-        proto: &P,
+        proto: &mut P,
         scratch: &mut Scratch,
         n: usize,
         max_line: usize,
@@ -207,31 +319,35 @@ impl<S> Connection<S> {
         scratch.output.clear();
         if self.input.is_empty() {
             // The common case: answer straight from the scratch buffer.
-            let data = &scratch.input[..n];
-            let (used, flow) = answer(
+            let input = std::mem::take(&mut scratch.input);
+            let data = &input[..n];
+            let (used, how) = answer(
                 proto,
+                self.id,
                 &mut self.session,
                 self.peer,
                 data,
-                &mut scratch.output,
+                scratch,
                 max_line,
             );
-            self.after_answer(flow);
+            self.after_answer(how);
             if self.phase == Phase::Open {
                 self.input.extend_from_slice(&data[used..]);
             }
+            scratch.input = input;
         } else {
             self.input.extend_from_slice(&scratch.input[..n]);
-            let (used, flow) = answer(
+            let (used, how) = answer(
                 proto,
+                self.id,
                 &mut self.session,
                 self.peer,
                 &self.input,
-                &mut scratch.output,
+                scratch,
                 max_line,
             );
             self.input.drain(..used);
-            self.after_answer(flow);
+            self.after_answer(how);
         }
         if self.input.is_empty() {
             self.input = Vec::new();
@@ -239,8 +355,8 @@ impl<S> Connection<S> {
         self.send(scratch);
     }
 
-    fn after_answer(&mut self, flow: Answered) {
-        match flow {
+    fn after_answer(&mut self, how: Answered) {
+        match how {
             Answered::AllLines => self.backlog = false,
             Answered::OutputFull => self.backlog = true,
             Answered::Close(why) => {
@@ -258,7 +374,7 @@ impl<S> Connection<S> {
         if out.is_empty() {
             return;
         }
-        if !self.output.is_empty() {
+        if self.has_pending() {
             self.output.extend_from_slice(out);
             return;
         }
@@ -282,19 +398,21 @@ enum Answered {
     /// Stopped early because enough replies are waiting.
     OutputFull,
     /// The connection must close after the replies written so far.
-    Close(&'static str),
+    Close(CloseReason),
 }
 
-/// Answers the complete lines at the start of `data`. Returns the bytes
-/// consumed and why it stopped.
+/// Answers the complete lines at the start of `data` into `scratch.output`.
+/// Returns the bytes consumed and why it stopped.
 fn answer<P: Protocol>(
-    proto: &P,
+    proto: &mut P,
+    id: ConnId,
     session: &mut P::Session,
     peer: SocketAddr,
     data: &[u8],
-    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
     max_line: usize,
 ) -> (usize, Answered) {
+    let out = &mut scratch.output;
     let mut pos = 0;
     while out.len() < OUTPUT_CAP {
         let rest = &data[pos..];
@@ -311,31 +429,29 @@ fn answer<P: Protocol>(
             return (pos, too_long(out, max_line));
         }
         tracing::debug!("Client {peer}: {}", String::from_utf8_lossy(line));
-        if proto.line(session, line, &mut Output::new(out)) == Flow::Close {
-            return (pos, Answered::Close("closed by protocol"));
+        let mut output = Output::new(id, out, &mut scratch.post);
+        if proto.line(session, line, &mut output) == Flow::Close {
+            return (pos, Answered::Close(CloseReason::Protocol));
         }
     }
     let complete = memchr::memchr(b'\n', &data[pos..]).is_some();
-    (
-        pos,
-        if complete {
-            Answered::OutputFull
-        } else {
-            Answered::AllLines
-        },
-    )
+    let how = if complete {
+        Answered::OutputFull
+    } else {
+        Answered::AllLines
+    };
+    (pos, how)
 }
 
 fn too_long(out: &mut Vec<u8>, max_line: usize) -> Answered {
     out.extend_from_slice(format!("ERR line too long (max {max_line} bytes)\n").as_bytes());
-    Answered::Close("line too long")
+    Answered::Close(CloseReason::TooLong)
 }
 
-fn error_reason(e: &io::Error) -> &'static str {
+fn error_reason(e: &io::Error) -> CloseReason {
     match e.kind() {
-        io::ErrorKind::ConnectionReset => "connection reset",
-        io::ErrorKind::BrokenPipe => "client stopped reading",
-        _ => "i/o error",
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Client,
+        _ => CloseReason::Error,
     }
 }
 
@@ -345,10 +461,10 @@ mod tests {
     use crate::mode::Echo;
 
     fn lines(data: &[u8], max: usize) -> (Vec<u8>, usize, Answered) {
-        let mut out = Vec::new();
+        let mut scratch = Scratch::default();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let (used, how) = answer(&Echo, &mut (), peer, data, &mut out, max);
-        (out, used, how)
+        let (used, how) = answer(&mut Echo, ConnId(0), &mut (), peer, data, &mut scratch, max);
+        (scratch.output, used, how)
     }
 
     #[test]
@@ -369,10 +485,10 @@ mod tests {
     fn overlong_complete_and_partial_lines_are_refused() {
         let (out, _, how) = lines(b"ok\n12345\n", 4);
         assert_eq!(out, b"ok\nERR line too long (max 4 bytes)\n");
-        assert_eq!(how, Answered::Close("line too long"));
+        assert_eq!(how, Answered::Close(CloseReason::TooLong));
         let (out, _, how) = lines(b"123456", 4);
         assert_eq!(out, b"ERR line too long (max 4 bytes)\n");
-        assert_eq!(how, Answered::Close("line too long"));
+        assert_eq!(how, Answered::Close(CloseReason::TooLong));
         // Exactly max bytes, still waiting for "\r\n", is fine.
         let (_, used, how) = lines(b"1234\r", 4);
         assert_eq!((used, how), (0, Answered::AllLines));
@@ -383,7 +499,7 @@ mod tests {
         let (out, used, how) = lines(b"hi\nbYe\nlater\n", 10);
         assert_eq!(out, b"hi\nbYe\n");
         assert_eq!(used, 7);
-        assert_eq!(how, Answered::Close("closed by protocol"));
+        assert_eq!(how, Answered::Close(CloseReason::Protocol));
     }
 
     #[test]

@@ -20,11 +20,12 @@
 //! use sockline::{Flow, Output, Protocol, Config, Shutdown};
 //! use std::net::SocketAddr;
 //!
+//! #[derive(Clone)]
 //! struct Shout;
 //! impl Protocol for Shout {
 //!     type Session = ();
-//!     fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
-//!     fn line(&self, _s: &mut (), line: &[u8], out: &mut Output) -> Flow {
+//!     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
+//!     fn line(&mut self, _s: &mut (), line: &[u8], out: &mut Output) -> Flow {
 //!         out.line(&line.to_ascii_uppercase());
 //!         Flow::Continue
 //!     }
@@ -43,6 +44,6 @@ pub mod protocol;
 pub mod server;
 pub mod shutdown;
 
-pub use protocol::{Flow, Output, Protocol};
+pub use protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 pub use server::Config;
 pub use shutdown::Shutdown;

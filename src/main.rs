@@ -45,6 +45,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_conns: args.max_conns,
         drain_timeout: secs(args.drain_timeout),
         workers: args.workers,
+        ..Config::default()
     };
     match args.mode {
         Mode::Ack => server::run(listener, mode::Ack, config, shutdown),

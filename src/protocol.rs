@@ -4,8 +4,15 @@
 //! lines (without `\n` or a trailing `\r`) and appends replies to an
 //! [`Output`]. Everything a protocol appends while answering the lines of one
 //! read leaves in a single write.
+//!
+//! Each event-loop thread gets its own clone of the protocol, so methods take
+//! `&mut self`; state shared by all clients lives behind an `Arc`. A protocol
+//! whose clients talk to each other (chat) sets [`Protocol::ONE_LOOP`], and
+//! then reaches any other connection with [`Output::send`]: a [`Message`] is
+//! encoded once and shared by all its recipients.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// What the server does with a connection after a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,29 +23,86 @@ pub enum Flow {
     Close,
 }
 
-/// A line protocol. One value serves every connection, from several threads.
-pub trait Protocol: Send + Sync + 'static {
+/// Names a connection within its event loop, for [`Output::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) usize);
+
+/// Bytes bound for several connections, encoded once.
+pub type Message = Arc<[u8]>;
+
+/// Why a connection ended, as told to [`Protocol::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The protocol asked for it ([`Flow::Close`]).
+    Protocol,
+    /// The client closed its side, or reset the connection.
+    Client,
+    /// Its line was longer than `max_line`.
+    TooLong,
+    /// Its queue of undelivered messages outgrew `max_queue`.
+    TooSlow,
+    /// The server is shutting down.
+    Shutdown,
+    /// A socket error.
+    Error,
+}
+
+impl CloseReason {
+    /// A few words for logs and notices.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Protocol => "closed by protocol",
+            CloseReason::Client => "closed by client",
+            CloseReason::TooLong => "line too long",
+            CloseReason::TooSlow => "too slow",
+            CloseReason::Shutdown => "server shutdown",
+            CloseReason::Error => "connection error",
+        }
+    }
+}
+
+/// A line protocol. Each event loop runs its own clone.
+pub trait Protocol: Clone + Send + 'static {
     /// Per-connection state; `()` costs nothing per connection.
     type Session: Send + 'static;
 
+    /// True when connections must reach each other through [`Output::send`]:
+    /// the server then runs all of them on one event loop.
+    const ONE_LOOP: bool = false;
+
     /// A client connected; may write a greeting.
-    fn open(&self, peer: SocketAddr, out: &mut Output) -> Self::Session;
+    fn open(&mut self, peer: SocketAddr, out: &mut Output) -> Self::Session;
 
     /// One line arrived; append the replies to `out`.
-    fn line(&self, session: &mut Self::Session, line: &[u8], out: &mut Output) -> Flow;
+    fn line(&mut self, session: &mut Self::Session, line: &[u8], out: &mut Output) -> Flow;
 
-    /// The connection is gone (closed by either side, or reset).
-    fn close(&self, _session: Self::Session) {}
+    /// The server is shutting down; a last word to this client.
+    fn shutdown(&mut self, _session: &mut Self::Session, _out: &mut Output) {}
+
+    /// The connection is gone; `out` reaches only the other connections.
+    fn close(&mut self, _session: Self::Session, _why: CloseReason, _out: &mut Output) {}
 }
 
-/// Where a protocol writes its replies: bytes bound for one connection.
+/// Where a protocol writes: replies to the current connection, and
+/// messages to any other.
 pub struct Output<'a> {
+    id: ConnId,
     buf: &'a mut Vec<u8>,
+    post: &'a mut Vec<(ConnId, Message)>,
 }
 
 impl<'a> Output<'a> {
-    pub(crate) fn new(buf: &'a mut Vec<u8>) -> Self {
-        Output { buf }
+    pub(crate) fn new(
+        id: ConnId,
+        buf: &'a mut Vec<u8>,
+        post: &'a mut Vec<(ConnId, Message)>,
+    ) -> Self {
+        Output { id, buf, post }
+    }
+
+    /// The connection being served.
+    pub fn id(&self) -> ConnId {
+        self.id
     }
 
     /// Appends `line` and a `\n`.
@@ -50,5 +114,11 @@ impl<'a> Output<'a> {
     /// Appends raw bytes, which should end with `\n`.
     pub fn raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Queues `msg` for connection `to` (on this event loop), after the
+    /// current line's replies. Unknown connections are skipped.
+    pub fn send(&mut self, to: ConnId, msg: &Message) {
+        self.post.push((to, msg.clone()));
     }
 }

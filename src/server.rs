@@ -11,7 +11,7 @@
 //! slab entry is a few hundred bytes (see docs/PERFORMANCE.md).
 
 use crate::connection::{Connection, Scratch, Status};
-use crate::protocol::Protocol;
+use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,9 +29,13 @@ pub struct Config {
     pub max_line: usize,
     /// Connections served at once; more are told `ERR server full`.
     pub max_conns: usize,
+    /// Bytes of messages from others a connection may have waiting before
+    /// it is disconnected as too slow.
+    pub max_queue: usize,
     /// How long a shutdown waits for replies to drain.
     pub drain_timeout: Duration,
     /// Event-loop threads; 0 means one per CPU this process may run on.
+    /// A protocol with [`Protocol::ONE_LOOP`] always gets one.
     pub workers: usize,
 }
 
@@ -40,6 +44,7 @@ impl Default for Config {
         Config {
             max_line: 65536,
             max_conns: 10_000,
+            max_queue: 1 << 20,
             drain_timeout: Duration::from_secs(5),
             workers: 0,
         }
@@ -79,18 +84,20 @@ pub fn run<P: Protocol>(
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let workers = match config.workers {
+        _ if P::ONE_LOOP => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let shared = Arc::new(Shared {
-        proto,
         config,
         open: AtomicUsize::new(0),
     });
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {
+        let listener = listener.try_clone()?;
         loops.push(Worker::new(
-            listener.try_clone()?,
+            listener,
+            proto.clone(),
             shared.clone(),
             &shutdown,
         )?);
@@ -119,8 +126,7 @@ pub fn run<P: Protocol>(
 }
 
 /// What every worker shares.
-struct Shared<P> {
-    proto: P,
+struct Shared {
     config: Config,
     open: AtomicUsize,
 }
@@ -129,8 +135,11 @@ struct Worker<P: Protocol> {
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Entry<P::Session>>,
-    shared: Arc<Shared<P>>,
+    proto: P,
+    shared: Arc<Shared>,
     scratch: Scratch,
+    /// Connections with newly queued messages, to flush at the end of a round.
+    dirty: Vec<usize>,
     /// Accepting is paused until then (out of file descriptors).
     accept_at: Option<Instant>,
 }
@@ -143,7 +152,8 @@ struct Entry<S> {
 impl<P: Protocol> Worker<P> {
     fn new(
         listener: std::net::TcpListener,
-        shared: Arc<Shared<P>>,
+        proto: P,
+        shared: Arc<Shared>,
         shutdown: &Shutdown,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
@@ -155,8 +165,10 @@ impl<P: Protocol> Worker<P> {
             poll,
             listener: Some(listener),
             conns: Slab::new(),
+            proto,
             shared,
             scratch: Scratch::default(),
+            dirty: Vec::new(),
             accept_at: None,
         })
     }
@@ -172,7 +184,7 @@ impl<P: Protocol> Worker<P> {
             if let Some(at) = deadline
                 && (self.conns.is_empty() || Instant::now() >= at)
             {
-                self.close_all("drain timeout");
+                self.close_all(CloseReason::Shutdown);
                 return Ok(());
             }
             let wake = [self.accept_at, deadline].into_iter().flatten().min();
@@ -194,14 +206,15 @@ impl<P: Protocol> Worker<P> {
                         let Some(entry) = self.conns.get(key) else {
                             continue;
                         };
-                        // A writable-only event matters only with replies pending.
                         let hup = event.is_read_closed() || event.is_error();
+                        // A writable-only event matters only with bytes pending.
                         if event.is_readable() || hup || entry.want_write {
                             self.drive(key, hup);
                         }
                     }
                 }
             }
+            self.flush_dirty();
         }
     }
 
@@ -247,7 +260,13 @@ impl<P: Protocol> Worker<P> {
         }
         shared.open.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%peer, "connection opened");
-        let conn = Connection::open(stream, peer, &shared.proto, &mut self.scratch);
+        let conn = Connection::open(
+            ConnId(key),
+            stream,
+            peer,
+            &mut self.proto,
+            &mut self.scratch,
+        );
         entry.insert(Entry {
             conn,
             want_write: false,
@@ -255,14 +274,19 @@ impl<P: Protocol> Worker<P> {
         self.drive(key, false);
     }
 
+    /// Lets connection `key` do its I/O, then acts on the outcome.
     fn drive(&mut self, key: usize, hup: bool) {
         let entry = &mut self.conns[key];
-        let status = entry.conn.drive(
-            &self.shared.proto,
-            &mut self.scratch,
-            self.shared.config.max_line,
-            hup,
-        );
+        let max_line = self.shared.config.max_line;
+        let status = entry
+            .conn
+            .drive(&mut self.proto, &mut self.scratch, max_line, hup);
+        self.settle(key, status);
+        self.deliver_post();
+    }
+
+    fn settle(&mut self, key: usize, status: Status) {
+        let entry = &mut self.conns[key];
         match status {
             Status::Wait { want_write } if want_write != entry.want_write => {
                 let interest = if want_write {
@@ -274,7 +298,7 @@ impl<P: Protocol> Worker<P> {
                 let registry = self.poll.registry();
                 if let Err(e) = registry.reregister(entry.conn.stream(), Token(key), interest) {
                     tracing::warn!(peer = %entry.conn.peer(), "cannot watch connection: {e}");
-                    self.close(key, "i/o error");
+                    self.close(key, CloseReason::Error);
                 }
             }
             Status::Wait { .. } => {}
@@ -282,12 +306,47 @@ impl<P: Protocol> Worker<P> {
         }
     }
 
-    fn close(&mut self, key: usize, why: &str) {
+    /// Queues the messages protocols sent to other connections, in order;
+    /// they leave in [`flush_dirty`](Self::flush_dirty), one write each.
+    fn deliver_post(&mut self) {
+        let max_queue = self.shared.config.max_queue;
+        while !self.scratch.post.is_empty() {
+            let mut post = std::mem::take(&mut self.scratch.post);
+            for (ConnId(key), msg) in post.drain(..) {
+                let Some(entry) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if entry.conn.deliver(msg, max_queue) {
+                    self.dirty.push(key);
+                } else {
+                    // Its notice goes to the others through the next post.
+                    self.close(key, CloseReason::TooSlow);
+                }
+            }
+            if self.scratch.post.is_empty() {
+                self.scratch.post = post; // keep the allocation
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(entry) = self.conns.get_mut(key) {
+                let status = entry.conn.flush_only();
+                self.settle(key, status);
+                self.deliver_post();
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, why: CloseReason) {
         let mut entry = self.conns.remove(key);
         let _ = self.poll.registry().deregister(entry.conn.stream());
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        tracing::info!(peer = %entry.conn.peer(), "connection closed: {why}");
-        self.shared.proto.close(entry.conn.finish());
+        tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+        let session = entry.conn.finish();
+        let mut out = self.scratch.detached(ConnId(key));
+        self.proto.close(session, why, &mut out);
     }
 
     /// Stops accepting; every connection answers what it already received.
@@ -296,21 +355,29 @@ impl<P: Protocol> Worker<P> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in &keys {
+            // Read all that reached us before the signal.
+            if self.conns.contains(*key) {
+                self.drive(*key, true);
+            }
+        }
         for key in keys {
-            // Read all that reached us before the signal, then stop reading.
-            self.drive(key, true);
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.conn.stop_reading();
+                entry.conn.stop_reading(&mut self.proto, &mut self.scratch);
                 self.drive(key, false);
             }
         }
+        self.flush_dirty();
     }
 
-    fn close_all(&mut self, why: &str) {
+    fn close_all(&mut self, why: CloseReason) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            self.close(key, why);
+            if self.conns.contains(key) {
+                self.close(key, why);
+            }
         }
+        self.scratch.post.clear();
     }
 }
 

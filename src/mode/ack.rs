@@ -15,9 +15,9 @@ pub struct Ack;
 impl Protocol for Ack {
     type Session = ();
 
-    fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
+    fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 
-    fn line(&self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+    fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
         out.raw(REPLY);
         if is_bye(line) {
             Flow::Close

@@ -11,9 +11,9 @@ pub struct Echo;
 impl Protocol for Echo {
     type Session = ();
 
-    fn open(&self, _peer: SocketAddr, _out: &mut Output) {}
+    fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 
-    fn line(&self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+    fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
         out.line(line);
         if is_bye(line) {
             Flow::Close
