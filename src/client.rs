@@ -1,10 +1,239 @@
-//! The interactive client (`sockline connect`).
+//! The interactive client (`sockline connect`): stdin lines go to the
+//! server, the server's bytes go to stdout as they arrive.
+//!
+//! This module owns one session from connecting to exit, and the rule for
+//! how it ends (BYE, stdin EOF, the server closing, stdout closing). It runs
+//! on a current-thread tokio runtime so that reading the socket never waits
+//! for the user: printing and sending are two futures polled together, so
+//! replies are printed while we wait for stdin, and a server that stops
+//! reading until its replies are read cannot deadlock a long pasted input.
+//!
+//! Stdin is read on a thread of its own (`spawn_stdin_reader`) that hands
+//! whole lines over a channel. A blocking reader thread is what a line
+//! editor needs too, so it can later replace that one function. The thread
+//! may still be blocked in `read` when [`run`] returns; the process exiting
+//! ends it.
 
-use std::io;
+use crate::mode::is_bye;
+use std::io::{self, BufRead, Write};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time;
 
-/// Connects to `addr` and runs an interactive session.
+/// Stdin lines read ahead of the socket before the reader thread waits.
+const LINES_AHEAD: usize = 64;
+/// Bytes read from the server per `read`.
+const CHUNK: usize = 16 * 1024;
+
+/// Connects to `addr` (`HOST:PORT`) and runs an interactive session: every
+/// stdin line is sent, every byte from the server is printed.
+///
+/// `timeout` bounds connecting and, after the user sends `BYE`, the wait for
+/// the server to close. Returns `Ok` after `BYE`, after stdin EOF once the
+/// server has closed, or when stdout is closed; an error if connecting fails
+/// or the server ends the session first.
 pub fn run(addr: &str, timeout: Duration) -> io::Result<()> {
-    let _ = (addr, timeout);
-    Err(io::Error::other("not implemented yet"))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(session(addr, timeout));
+    // Do not wait for a name lookup still blocked in the background.
+    runtime.shutdown_background();
+    result
+}
+
+/// How sending ended.
+enum Sent {
+    /// The user sent `BYE`.
+    Bye,
+    /// Stdin ended; the write half is shut down.
+    Eof,
+}
+
+/// How printing ended.
+enum Printed {
+    /// The server closed the connection.
+    ServerClosed,
+    /// Nobody reads our stdout any more.
+    StdoutClosed,
+}
+
+async fn session(addr: &str, timeout: Duration) -> io::Result<()> {
+    let mut stream = connect(addr, timeout).await?;
+    let (lines_tx, mut lines) = mpsc::channel(LINES_AHEAD);
+    spawn_stdin_reader(lines_tx)?;
+    let (mut from_server, mut to_server) = stream.split();
+    let printing = print_replies(&mut from_server);
+    tokio::pin!(printing);
+    let sent = tokio::select! {
+        printed = &mut printing => return match printed? {
+            Printed::ServerClosed => Err(closed_by_server()),
+            Printed::StdoutClosed => Ok(()),
+        },
+        sent = send_lines(&mut lines, &mut to_server) => sent,
+    };
+    match sent {
+        Ok(Sent::Bye) => match time::timeout(timeout, printing).await {
+            Ok(printed) => printed.map(drop),
+            // The server did not close in time; the user asked to leave anyway.
+            Err(_elapsed) => Ok(()),
+        },
+        Ok(Sent::Eof) => printing.await.map(drop),
+        Err(e) => {
+            // Writing failed (the server is gone: its last bytes are
+            // already here) or stdin did (rare): print what came, then fail.
+            let _ = time::timeout(timeout, printing).await;
+            Err(e)
+        }
+    }
+}
+
+/// Resolves `addr` and connects to its first address that accepts, all
+/// within `timeout`.
+async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let attempt = async {
+        let mut last = None;
+        let ips = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| match e.kind() {
+                // No port, or brackets missing around an IPv6 address.
+                io::ErrorKind::InvalidInput => io::Error::new(e.kind(), "expected HOST:PORT"),
+                _ => e,
+            })?;
+        for ip in ips {
+            match TcpStream::connect(ip).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found")))
+    };
+    let outcome = match time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_elapsed) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {} s", timeout.as_secs_f64()),
+        )),
+    };
+    outcome
+        .and_then(|stream| stream.set_nodelay(true).map(|()| stream))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot connect to {addr}: {}", describe(&e)),
+            )
+        })
+}
+
+/// Copies the server's bytes to stdout, flushing each chunk, until the
+/// server closes or stdout does.
+async fn print_replies(from: &mut ReadHalf<'_>) -> io::Result<Printed> {
+    let mut buf = vec![0; CHUNK];
+    loop {
+        let n = from.read(&mut buf).await.map_err(session_error)?;
+        if n == 0 {
+            return Ok(Printed::ServerClosed);
+        }
+        // A blocking write: while stdout is stalled the session is too,
+        // which is the backpressure we want.
+        let mut stdout = io::stdout().lock();
+        match stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Printed::StdoutClosed),
+            Err(e) => {
+                let why = format!("cannot write to stdout: {}", describe(&e));
+                return Err(io::Error::new(e.kind(), why));
+            }
+        }
+    }
+}
+
+/// Sends stdin lines until `BYE` (sent, then stop) or EOF (shut down the
+/// write half so the server sees the end too).
+async fn send_lines(
+    lines: &mut mpsc::Receiver<io::Result<Vec<u8>>>,
+    to: &mut WriteHalf<'_>,
+) -> io::Result<Sent> {
+    while let Some(line) = lines.recv().await {
+        let line = line?;
+        to.write_all(&line).await.map_err(session_error)?;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if is_bye(text.strip_suffix(b"\r").unwrap_or(text)) {
+            return Ok(Sent::Bye);
+        }
+    }
+    to.shutdown().await.map_err(session_error)?;
+    Ok(Sent::Eof)
+}
+
+/// Reads stdin on its own thread and sends each line, `\n`-terminated, to
+/// `lines`; dropping the sender at EOF tells the session. Swap this function
+/// to read lines some other way (a line editor).
+fn spawn_stdin_reader(lines: mpsc::Sender<io::Result<Vec<u8>>>) -> io::Result<()> {
+    let read = move || {
+        let mut stdin = io::stdin().lock();
+        loop {
+            let mut line = Vec::new();
+            let item = match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    Ok(line)
+                }
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot read stdin: {}", describe(&e)),
+                )),
+            };
+            let failed = item.is_err();
+            // A send error means the session is over; nobody wants more lines.
+            if lines.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(read)
+        .map(drop)
+}
+
+fn closed_by_server() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by server")
+}
+
+/// An error on the established connection, as the user should read it.
+fn session_error(e: io::Error) -> io::Error {
+    use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let why = match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe => "connection reset by server".into(),
+        _ => format!("connection failed: {}", describe(&e)),
+    };
+    io::Error::new(e.kind(), why)
+}
+
+/// A short lowercase description of `e`, without the `(os error N)` suffix.
+fn describe(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    let known = match e.kind() {
+        ConnectionRefused => "connection refused",
+        ConnectionReset => "connection reset",
+        HostUnreachable => "host unreachable",
+        NetworkUnreachable => "network unreachable",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.into();
+    }
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or_default();
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
 }

@@ -390,6 +390,14 @@ impl<S> Connection<S> {
     }
 }
 
+/// The framing: the first line of `data` without its `\n` or a `\r`
+/// before it, and the bytes it used; `None` until a `\n` arrives.
+pub fn split_line(data: &[u8]) -> Option<(&[u8], usize)> {
+    let end = memchr::memchr(b'\n', data)?;
+    let line = &data[..end];
+    Some((line.strip_suffix(b"\r").unwrap_or(line), end + 1))
+}
+
 /// How far [`answer`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answered {
@@ -416,15 +424,14 @@ fn answer<P: Protocol>(
     let mut pos = 0;
     while out.len() < OUTPUT_CAP {
         let rest = &data[pos..];
-        let Some(end) = memchr::memchr(b'\n', rest) else {
+        let Some((line, used)) = split_line(rest) else {
             // Allow one byte over for a `\r` whose `\n` has not arrived.
             if rest.len() > max_line + 1 {
                 return (data.len(), too_long(out, max_line));
             }
             return (pos, Answered::AllLines);
         };
-        let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-        pos += end + 1;
+        pos += used;
         if line.len() > max_line {
             return (pos, too_long(out, max_line));
         }

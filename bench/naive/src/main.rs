@@ -6,7 +6,9 @@ use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:5001".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:5001".into());
     let listener = TcpListener::bind(&addr).await?;
     eprintln!("naive: listening on {}", listener.local_addr()?);
     loop {
