@@ -17,7 +17,10 @@ fn lines(data: &[u8]) -> usize {
 
 fn framing(c: &mut Criterion) {
     let mut group = c.benchmark_group("split_line");
-    for (name, line) in [("short", &b"hello\r\n"[..]), ("120 bytes", &[b'x'; 120][..])] {
+    for (name, line) in [
+        ("short", &b"hello\r\n"[..]),
+        ("120 bytes", &[b'x'; 120][..]),
+    ] {
         let mut one = line.to_vec();
         if !one.ends_with(b"\n") {
             one.push(b'\n');

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Line-oriented TCP messaging: a server for thousands of clients, an
 /// interactive client and a load generator.
@@ -18,6 +19,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Talk to a line server interactively: send stdin lines, print replies.
     Connect(ConnectArgs),
+    /// Load a line server and measure it, like redis-benchmark for any line
+    /// protocol: throughput, latency, and with --server-pid its CPU and memory.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,11 +39,18 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_conns: usize,
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
     pub drain_timeout: f64,
     /// Event-loop threads (default: one per CPU available).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Chat: lines of a room replayed to whoever joins it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub history: usize,
+    /// Bytes of messages from others (chat) a client may leave unread
+    /// before it is disconnected as too slow.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queue: u64,
     /// Log only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -55,6 +66,8 @@ pub enum Mode {
     Ack,
     /// Send every line back.
     Echo,
+    /// One conversation for many clients: names, rooms, /help.
+    Chat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +75,98 @@ pub struct ConnectArgs {
     /// Server address, HOST:PORT.
     pub addr: String,
     /// Seconds to wait for connecting, and for the server to close after BYE.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
     pub timeout: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Server address, HOST:PORT.
+    pub addr: String,
+    /// rr: request/reply throughput and latency; idle: cost of held
+    /// connections; fanout: chat room delivery.
+    #[arg(long, value_enum, default_value_t = sockline::bench::Scenario::Rr)]
+    pub scenario: sockline::bench::Scenario,
+    /// Connections (fanout: room members).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub conns: u64,
+    /// rr: request lines in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pipeline: u64,
+    /// rr and fanout: seconds to send for.
+    #[arg(long, default_value = "10", value_parser = sockline::bench::parse_secs)]
+    pub duration: Duration,
+    /// rr: total requests to send; wins over --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// The request line (rr, idle).
+    #[arg(long, default_value = "hello")]
+    pub payload: String,
+    /// Each reply must equal its request line, or it counts as an error.
+    #[arg(long)]
+    pub verify_echo: bool,
+    /// idle: seconds to hold all connections before each sends its line.
+    #[arg(long, default_value = "1", value_parser = sockline::bench::parse_secs)]
+    pub hold: Duration,
+    /// fanout: how many members send.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// fanout: lines per second per sender.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Server process id: report its CPU per reply and memory per connection.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds to wait for a connect, or for a reply that is owed, before
+    /// counting an error.
+    #[arg(long, default_value = "10", value_parser = sockline::bench::parse_secs)]
+    pub timeout: Duration,
+    /// Print a JSON object (an array with --sweep) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// rr once per connection count, e.g. 1,10,100,1000; one row each.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    pub sweep: Vec<u64>,
+    /// With --sweep: draw throughput and p99 latency against connections
+    /// into this SVG file.
+    #[arg(long, requires = "sweep")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// The library's options for these flags.
+    pub fn options(&self) -> sockline::bench::BenchOptions {
+        sockline::bench::BenchOptions {
+            addr: self.addr.clone(),
+            scenario: self.scenario,
+            conns: usize::try_from(self.conns).unwrap_or(usize::MAX),
+            pipeline: usize::try_from(self.pipeline).unwrap_or(usize::MAX),
+            duration: self.duration,
+            requests: self.requests,
+            payload: self.payload.clone(),
+            verify_echo: self.verify_echo,
+            hold: self.hold,
+            senders: self.senders,
+            rate: self.rate,
+            server_pid: self.server_pid,
+            timeout: self.timeout,
+            progress: true,
+        }
+    }
+
+    /// The --sweep connection counts.
+    pub fn sweep(&self) -> Vec<usize> {
+        self.sweep
+            .iter()
+            .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))
+            .collect()
+    }
+}
+
+/// A duration in seconds: a finite number, at least zero.
+pub fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a number of seconds, not {s:?}")),
+    }
 }

@@ -17,6 +17,13 @@ fn main() -> ExitCode {
         Command::Connect(args) => {
             sockline::client::run(&args.addr, secs(args.timeout)).map_err(anyhow::Error::from)
         }
+        Command::Bench(args) => sockline::bench::command(
+            &args.options(),
+            &args.sweep(),
+            args.json,
+            args.plot.as_deref(),
+        )
+        .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,11 +52,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_conns: args.max_conns,
         drain_timeout: secs(args.drain_timeout),
         workers: args.workers,
-        ..Config::default()
+        max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
     };
     match args.mode {
         Mode::Ack => server::run(listener, mode::Ack, config, shutdown),
         Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
+        Mode::Chat => server::run(listener, mode::Chat::new(args.history), config, shutdown),
     }
     .context("server failed")
 }

@@ -1,9 +1,11 @@
 //! The built-in protocols, one file each.
 
 mod ack;
+mod chat;
 mod echo;
 
 pub use ack::Ack;
+pub use chat::{Chat, LOBBY, LocalRooms, MessageKind, Rooms};
 pub use echo::Echo;
 
 /// True when `line` is the tutorial's quit word, `BYE` in any ASCII case.

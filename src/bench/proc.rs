@@ -1,0 +1,91 @@
+//! The server's CPU time and resident memory, read from Linux's `/proc`.
+
+use std::io;
+
+/// Clock ticks per second of `/proc/PID/stat`'s times. This is the kernel's
+/// USER_HZ, 100 on every mainstream Linux architecture; reading
+/// `sysconf(_SC_CLK_TCK)` would need `unsafe` or `libc` for no gain.
+const CLK_TCK: u64 = 100;
+
+/// The server process being measured.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ServerProc {
+    pid: u32,
+}
+
+impl ServerProc {
+    /// Checks that the process can be read now, so a wrong pid is an error
+    /// up front rather than missing fields at the end.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let server = ServerProc { pid };
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read {path} (is --server-pid {pid} running?): {}",
+                    super::describe(&e)
+                ),
+            )
+        })?;
+        parse_cpu_ticks(&stat).ok_or_else(|| io::Error::other(format!("cannot parse {path}")))?;
+        Ok(server)
+    }
+
+    /// User plus system CPU time so far, in µs (10 ms resolution).
+    pub fn cpu_us(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        Some(parse_cpu_ticks(&stat)? * (1_000_000 / CLK_TCK))
+    }
+
+    /// Resident set size now, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        parse_rss_kib(&status)
+    }
+}
+
+/// utime + stime, fields 14 and 15 of `/proc/PID/stat`. The command name
+/// (field 2) may hold spaces, so fields are counted after its closing `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The `VmRSS:   1234 kB` line of `/proc/PID/status`.
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0 5 6 7";
+        assert_eq!(parse_cpu_ticks(stat), Some(280));
+    }
+
+    #[test]
+    fn parses_rss() {
+        let status = "Name:\tsockline\nVmPeak:\t 9 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(parse_rss_kib(status), Some(2048));
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = ServerProc::open(std::process::id()).unwrap();
+        assert!(me.cpu_us().is_some());
+        assert!(me.rss_kib().unwrap() > 0);
+    }
+}

@@ -1,0 +1,292 @@
+//! `chat`: one conversation for many clients, with names, rooms and a
+//! slow-consumer policy.
+//!
+//! Every line a member sends goes to the other members of its room as
+//! `NAME: text`; lines starting with `/` are commands. All connections run
+//! on one event loop ([`Protocol::ONE_LOOP`]), so the state below is plain
+//! maps, and a room's lines reach all its members in the order they were
+//! read. Each line is encoded once and shared by its recipients
+//! ([`Output::send`]); a member that does not read its share is
+//! disconnected by the server once `max_queue` bytes wait for it, and the
+//! room is told `* NAME left (too slow)`.
+//!
+//! # Wire format
+//!
+//! Every line ends with `\n`. To the member itself:
+//!
+//! | when | line |
+//! |---|---|
+//! | connected | `* welcome NAME, /help lists commands`, then the lobby's history |
+//! | `/nick NEW` | `* you are now NEW` |
+//! | `/join ROOM` | `* you joined ROOM`, then the room's history |
+//! | `/who` | `* members of ROOM: a, b, c` (sorted, ignoring case) |
+//! | `/rooms` | `* rooms: lobby (3), dev (1)` (most members first) |
+//! | `/help` | two lines starting with `* ` |
+//! | `/quit`, `BYE` | `* bye`, then the server closes |
+//! | `/msg` from OTHER | `*OTHER* TEXT` |
+//! | server shutdown | `* server shutting down` |
+//! | errors | `ERR nick taken`, `ERR invalid nick: ...`, `ERR invalid room: ...`, `ERR already in ROOM`, `ERR no such member NAME`, `ERR usage: ...`, `ERR unknown command /x (try /help)` |
+//!
+//! To the other members of the room: `NAME: text` (also for `//text`,
+//! which sends `/text`), `* NAME joined`, `* NAME left` (after `/quit`,
+//! `BYE` or `/join`), `* NAME left (REASON)` when the connection ended
+//! otherwise (`closed by client`, `too slow`, `line too long`,
+//! `connection error`), `* OLD is now NEW` and `* NAME ACTION` (`/me`).
+//! History is the room's last `NAME: text` lines, sent as they were.
+
+mod command;
+mod rooms;
+
+pub use rooms::{LocalRooms, MessageKind, Rooms};
+
+use crate::{CloseReason, ConnId, Flow, Message, Output, Protocol};
+use command::{Input, parse, valid_name};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// The room every member starts in.
+pub const LOBBY: &str = "lobby";
+
+const HELP: &[u8] = b"* commands: /nick NAME, /join ROOM, /who, /rooms, /me ACTION, \
+/msg NAME TEXT, /help, /quit (or BYE)\n\
+* any other line goes to your room; start it with // to send a line beginning with /\n";
+
+/// The chat server. Rooms are behind [`Rooms`]; [`Chat::new`] keeps them
+/// in this process.
+#[derive(Debug, Clone)]
+pub struct Chat<R: Rooms = LocalRooms> {
+    rooms: R,
+    members: HashMap<ConnId, Member>,
+    /// Each nick in ASCII lower case, to its member: nicks are unique
+    /// ignoring case, so `Bob` cannot pass for `bob`.
+    nicks: HashMap<String, ConnId>,
+    /// The last `N` given out as a default `user-N` name.
+    last_user: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    room: String,
+}
+
+impl Chat<LocalRooms> {
+    /// A chat whose rooms replay their last `history` lines to newcomers.
+    pub fn new(history: usize) -> Self {
+        Chat::with_rooms(LocalRooms::new(history))
+    }
+}
+
+impl<R: Rooms> Chat<R> {
+    /// A chat on the given rooms.
+    pub fn with_rooms(rooms: R) -> Self {
+        Chat {
+            rooms,
+            members: HashMap::new(),
+            nicks: HashMap::new(),
+            last_user: 0,
+        }
+    }
+
+    /// The next `user-N` nobody has taken with `/nick`.
+    fn fresh_name(&mut self) -> String {
+        loop {
+            self.last_user += 1;
+            let name = format!("user-{}", self.last_user);
+            if !self.nicks.contains_key(&name) {
+                return name;
+            }
+        }
+    }
+
+    /// Puts member `id` into the room it names: tells the room, then
+    /// replays the room's history to the member.
+    fn enter(&mut self, id: ConnId, member: &Member, out: &mut Output) {
+        let joined = notice(format!("* {} joined", member.name));
+        self.rooms
+            .publish(&member.room, id, MessageKind::Notice, &joined, out);
+        for line in self.rooms.join(&member.room, id) {
+            out.raw(&line);
+        }
+    }
+
+    /// Takes member `id` out of its room and tells the room; `reason` is
+    /// empty for a plain leave.
+    fn exit(&mut self, id: ConnId, member: &Member, reason: &str, out: &mut Output) {
+        self.rooms.leave(&member.room, id);
+        let text = if reason.is_empty() {
+            format!("* {} left", member.name)
+        } else {
+            format!("* {} left ({reason})", member.name)
+        };
+        self.rooms
+            .publish(&member.room, id, MessageKind::Notice, &notice(text), out);
+    }
+
+    fn nick(&mut self, id: ConnId, name: &[u8], out: &mut Output) {
+        let Some(name) = valid_name(name) else {
+            out.line(b"ERR invalid nick: use 1-32 of A-Z a-z 0-9 _ -");
+            return;
+        };
+        let key = name.to_ascii_lowercase();
+        if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
+            out.line(b"ERR nick taken");
+            return;
+        }
+        let Some(member) = self.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut member.name, name.to_owned());
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(key, id);
+        out.line(format!("* you are now {name}").as_bytes());
+        if old != name {
+            let renamed = notice(format!("* {old} is now {name}"));
+            self.rooms
+                .publish(&member.room, id, MessageKind::Notice, &renamed, out);
+        }
+    }
+
+    fn join(&mut self, id: ConnId, room: &[u8], out: &mut Output) {
+        let Some(room) = valid_name(room) else {
+            out.line(b"ERR invalid room: use 1-32 of A-Z a-z 0-9 _ -");
+            return;
+        };
+        let Some(member) = self.members.get(&id).cloned() else {
+            return;
+        };
+        if member.room == room {
+            out.line(format!("ERR already in {room}").as_bytes());
+            return;
+        }
+        self.exit(id, &member, "", out);
+        let member = Member {
+            name: member.name,
+            room: room.to_owned(),
+        };
+        out.line(format!("* you joined {room}").as_bytes());
+        self.enter(id, &member, out);
+        self.members.insert(id, member);
+    }
+
+    fn who(&self, room: &str, out: &mut Output) {
+        let mut names: Vec<&str> = (self.rooms.members(room).iter())
+            .filter_map(|id| self.members.get(id))
+            .map(|member| member.name.as_str())
+            .collect();
+        names.sort_by_cached_key(|name| name.to_ascii_lowercase());
+        out.line(format!("* members of {room}: {}", names.join(", ")).as_bytes());
+    }
+
+    fn list_rooms(&self, out: &mut Output) {
+        let mut rooms = self.rooms.list();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let rooms: Vec<String> = rooms
+            .iter()
+            .map(|(name, count)| format!("{name} ({count})"))
+            .collect();
+        out.line(format!("* rooms: {}", rooms.join(", ")).as_bytes());
+    }
+
+    fn private(&self, from: &str, to: &[u8], text: &[u8], out: &mut Output) {
+        let target = valid_name(to).and_then(|to| self.nicks.get(&to.to_ascii_lowercase()));
+        match target {
+            Some(&target) => out.send(target, &message(&[b"*", from.as_bytes(), b"* ", text])),
+            None => out.line(&[b"ERR no such member ", to].concat()),
+        }
+    }
+}
+
+impl<R: Rooms> Protocol for Chat<R> {
+    type Session = ();
+    const ONE_LOOP: bool = true;
+
+    fn open(&mut self, _peer: SocketAddr, out: &mut Output) {
+        let id = out.id();
+        let name = self.fresh_name();
+        out.line(format!("* welcome {name}, /help lists commands").as_bytes());
+        self.nicks.insert(name.clone(), id);
+        let member = Member {
+            name,
+            room: LOBBY.to_owned(),
+        };
+        self.enter(id, &member, out);
+        self.members.insert(id, member);
+    }
+
+    fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+        let id = out.id();
+        let Some(member) = self.members.get(&id) else {
+            // Every connection was opened as a member; this cannot happen.
+            return Flow::Close;
+        };
+        match parse(line) {
+            Input::Empty => {}
+            Input::Say(text) => {
+                let msg = message(&[member.name.as_bytes(), b": ", text]);
+                self.rooms
+                    .publish(&member.room, id, MessageKind::Line, &msg, out);
+            }
+            Input::Me(action) => {
+                let msg = message(&[b"* ", member.name.as_bytes(), b" ", action]);
+                self.rooms
+                    .publish(&member.room, id, MessageKind::Notice, &msg, out);
+            }
+            Input::Msg(to, text) => self.private(&member.name, to, text, out),
+            Input::Who => self.who(&member.room, out),
+            Input::Rooms => self.list_rooms(out),
+            Input::Nick(name) => self.nick(id, name, out),
+            Input::Join(room) => self.join(id, room, out),
+            Input::Help => out.raw(HELP),
+            Input::Quit => {
+                out.line(b"* bye");
+                return Flow::Close;
+            }
+            Input::Usage(usage) => out.line(usage.as_bytes()),
+            Input::Unknown(word) => {
+                out.line(&[b"ERR unknown command /", word, b" (try /help)"].concat());
+            }
+        }
+        Flow::Continue
+    }
+
+    fn shutdown(&mut self, _: &mut (), out: &mut Output) {
+        out.line(b"* server shutting down");
+    }
+
+    fn close(&mut self, _: (), why: CloseReason, out: &mut Output) {
+        let id = out.id();
+        let Some(member) = self.members.remove(&id) else {
+            return;
+        };
+        self.nicks.remove(&member.name.to_ascii_lowercase());
+        let reason = match why {
+            CloseReason::Protocol => "",
+            CloseReason::Client => "closed by client",
+            CloseReason::TooLong => "line too long",
+            CloseReason::TooSlow => "too slow",
+            CloseReason::Error => "connection error",
+            // Everyone is leaving and was told why: no notices.
+            CloseReason::Shutdown => {
+                self.rooms.leave(&member.room, id);
+                return;
+            }
+        };
+        self.exit(id, &member, reason, out);
+    }
+}
+
+/// `parts` and a `\n`, encoded once for all recipients.
+fn message(parts: &[&[u8]]) -> Message {
+    let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
+    for part in parts {
+        bytes.extend_from_slice(part);
+    }
+    bytes.push(b'\n');
+    bytes.into()
+}
+
+/// A `* ...` notice line.
+fn notice(text: String) -> Message {
+    message(&[text.as_bytes()])
+}

@@ -1,0 +1,386 @@
+//! `sockline bench` against real servers on 127.0.0.1 port 0: in-process
+//! sockline servers, small std-thread servers written here (one that answers
+//! `ERR`, one chat-like broadcaster), and the real binary.
+//!
+//! No assertion is about speed; every run is bounded by counts and timeouts.
+
+mod common;
+
+use sockline::bench::{self, BenchOptions, Report, Scenario};
+use sockline::{Config, mode};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Runs `f` on its own thread and fails the test if it takes over `secs`.
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("did not finish within {secs} s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the bench thread panicked"),
+    }
+}
+
+/// Options for a short run against `addr`.
+fn options(addr: SocketAddr) -> BenchOptions {
+    BenchOptions {
+        addr: addr.to_string(),
+        timeout: Duration::from_secs(5),
+        ..BenchOptions::default()
+    }
+}
+
+fn bench(opts: BenchOptions) -> Report {
+    within(60, move || bench::run(&opts).expect("bench run"))
+}
+
+/// A std-thread server on 127.0.0.1:0 that runs `serve` per connection.
+fn tiny_server(serve: fn(TcpStream, usize)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (id, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || serve(stream, id));
+        }
+    });
+    addr
+}
+
+/// Answers `ERR nope` to every line.
+fn err_server(stream: TcpStream, _id: usize) {
+    let mut out = stream.try_clone().unwrap();
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || out.write_all(b"ERR nope\n").is_err() {
+            return;
+        }
+    }
+}
+
+/// The first connection closes on its first line; the others echo.
+fn first_conn_hangs_up(stream: TcpStream, id: usize) {
+    let mut out = stream.try_clone().unwrap();
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        if id == 0 || out.write_all(format!("{line}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Every member of one room; what chat mode will do, in a few lines.
+static ROOM: Mutex<Vec<(usize, TcpStream)>> = Mutex::new(Vec::new());
+
+/// A chat-like broadcaster: greets, announces joins, and forwards every
+/// line to all other connections as `u<id>: line`.
+fn broadcast_server(stream: TcpStream, id: usize) {
+    let mut greeting = stream.try_clone().unwrap();
+    let _ = greeting.write_all(format!("* welcome u{id}, /help lists commands\n").as_bytes());
+    {
+        let mut room = ROOM.lock().unwrap();
+        for (_, other) in room.iter_mut() {
+            let _ = other.write_all(format!("* u{id} joined\n").as_bytes());
+        }
+        room.push((id, stream.try_clone().unwrap()));
+    }
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let message = format!("u{id}: {line}\n");
+        let mut room = ROOM.lock().unwrap();
+        for (_, other) in room.iter_mut().filter(|(other, _)| *other != id) {
+            let _ = other.write_all(message.as_bytes());
+        }
+    }
+    ROOM.lock().unwrap().retain(|(other, _)| *other != id);
+}
+
+fn assert_ordered_latency(r: &Report) {
+    let (p50, p99, max) = (r.p50_us.unwrap(), r.p99_us.unwrap(), r.max_us.unwrap());
+    // Nothing crosses a socket and back within a microsecond.
+    assert!(p50 >= 1.0, "p50 {p50} µs");
+    assert!(p50 <= p99 && p99 <= max, "p50 {p50} p99 {p99} max {max}");
+}
+
+#[test]
+fn rr_against_echo_completes_every_request() {
+    let server = common::start(mode::Echo, Config::default());
+    let r = bench(BenchOptions {
+        requests: Some(2000),
+        conns: 4,
+        pipeline: 8,
+        verify_echo: true,
+        ..options(server.addr)
+    });
+    assert_eq!(r.scenario, Scenario::Rr);
+    assert_eq!(r.opened, 4);
+    assert_eq!(r.sent, Some(2000));
+    assert_eq!(r.completed, Some(2000));
+    assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
+    assert_ordered_latency(&r);
+    assert!(r.throughput.unwrap() > 0.0);
+    server.stop().unwrap();
+}
+
+#[test]
+fn rr_verify_echo_counts_wrong_replies() {
+    let server = common::start(mode::Ack, Config::default());
+    let r = bench(BenchOptions {
+        requests: Some(300),
+        conns: 3,
+        pipeline: 4,
+        verify_echo: true,
+        ..options(server.addr)
+    });
+    assert_eq!(r.completed, Some(300));
+    assert_eq!(r.errors, 300);
+    assert!(r.first_error.unwrap().contains("does not echo"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn rr_counts_err_replies() {
+    let addr = tiny_server(err_server);
+    let r = bench(BenchOptions {
+        requests: Some(100),
+        conns: 2,
+        pipeline: 2,
+        ..options(addr)
+    });
+    assert_eq!(r.completed, Some(100));
+    assert_eq!(r.errors, 100);
+    assert!(r.first_error.unwrap().contains("ERR nope"));
+}
+
+#[test]
+fn rr_counts_a_connection_closed_early_and_goes_on() {
+    let addr = tiny_server(first_conn_hangs_up);
+    let r = bench(BenchOptions {
+        requests: Some(100),
+        conns: 2,
+        ..options(addr)
+    });
+    // The first connection's one request is lost; the other sends the rest.
+    assert_eq!(r.opened, 2);
+    assert_eq!(r.sent, Some(100));
+    assert_eq!(r.completed, Some(99));
+    assert_eq!(r.errors, 1);
+    assert!(r.first_error.unwrap().contains("closed by the server"));
+}
+
+#[test]
+fn refused_connection_is_a_one_line_error() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let opts = options(addr);
+    let e = within(30, move || bench::run(&opts).unwrap_err());
+    let message = e.to_string();
+    assert_eq!(
+        message,
+        format!("cannot connect to {addr}: connection refused")
+    );
+}
+
+#[test]
+fn idle_connections_all_answer() {
+    let server = common::start(mode::Ack, Config::default());
+    let r = bench(BenchOptions {
+        scenario: Scenario::Idle,
+        conns: 200,
+        hold: Duration::from_millis(200),
+        ..options(server.addr)
+    });
+    assert_eq!(r.opened, 200);
+    assert_eq!(r.answered, Some(200));
+    assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
+    assert!(r.connect_total_ms.is_some() && r.connect_p99_us.is_some());
+    assert_ordered_latency(&r);
+    server.stop().unwrap();
+}
+
+#[test]
+fn idle_reports_server_memory_per_connection() {
+    let server = common::serve_binary(&["--quiet"]);
+    let r = bench(BenchOptions {
+        scenario: Scenario::Idle,
+        conns: 200,
+        hold: Duration::from_millis(300),
+        server_pid: Some(server.child.id()),
+        ..options(server.addr)
+    });
+    assert_eq!(r.answered, Some(200));
+    assert!(r.server_rss_base_kib.unwrap() > 0);
+    assert!(r.server_rss_per_conn_kib.unwrap().is_finite());
+    assert!(r.server_rss_per_conn_answered_kib.unwrap().is_finite());
+    assert!(r.server_cpu_us_per_op.unwrap().is_finite());
+}
+
+#[test]
+fn fanout_delivers_every_line_to_every_other_member() {
+    let addr = tiny_server(broadcast_server);
+    let r = bench(BenchOptions {
+        scenario: Scenario::Fanout,
+        conns: 10,
+        senders: 3,
+        rate: 50.0,
+        duration: Duration::from_secs(1),
+        ..options(addr)
+    });
+    assert_eq!(r.opened, 10);
+    assert_eq!(r.sent, Some(150));
+    assert_eq!(r.expected, Some(150 * 9));
+    assert_eq!(r.delivered, r.expected);
+    assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
+    assert_ordered_latency(&r);
+}
+
+/// Runs the real binary's `bench` with `args`; returns its stdout.
+fn run_cli(args: Vec<String>) -> String {
+    within(120, move || {
+        let out = Command::new(common::bin())
+            .arg("bench")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sockline bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench failed: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    })
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn cli_prints_json() {
+    let server = common::serve_binary(&["--quiet"]);
+    let addr = server.addr.to_string();
+    let out = run_cli(strings(&[
+        &addr,
+        "--requests",
+        "500",
+        "--conns",
+        "2",
+        "--timeout",
+        "5",
+        "--json",
+    ]));
+    let r: Report = serde_json::from_str(&out).expect("one JSON report");
+    assert_eq!(r.completed, Some(500));
+    assert_eq!(r.errors, 0);
+    let raw: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for field in [
+        "scenario",
+        "throughput",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+    ] {
+        assert!(raw.get(field).is_some(), "no field {field}");
+    }
+}
+
+#[test]
+fn cli_prints_a_table() {
+    let server = common::serve_binary(&["--quiet"]);
+    let out = run_cli(strings(&[
+        &server.addr.to_string(),
+        "--requests",
+        "100",
+        "--conns",
+        "2",
+        "--server-pid",
+        &server.child.id().to_string(),
+    ]));
+    for label in [
+        "throughput",
+        "latency p99",
+        "errors",
+        "server CPU",
+        "server RSS/conn",
+    ] {
+        assert!(out.contains(label), "no {label} in:\n{out}");
+    }
+}
+
+#[test]
+fn cli_sweep_draws_a_plot() {
+    let server = common::serve_binary(&["--quiet"]);
+    let svg = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-sweep-{}.svg", std::process::id()));
+    let _ = std::fs::remove_file(&svg);
+    let base = [
+        server.addr.to_string(),
+        "--requests".into(),
+        "200".into(),
+        "--sweep".into(),
+        "1,4".into(),
+        "--timeout".into(),
+        "5".into(),
+    ];
+    let mut json_args = base.to_vec();
+    json_args.extend(strings(&["--json", "--plot", svg.to_str().unwrap()]));
+    let rows: Vec<Report> = serde_json::from_str(&run_cli(json_args)).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].conns, rows[1].conns), (1, 4));
+    assert!(rows.iter().all(|r| r.completed == Some(200)));
+    let drawn = std::fs::read_to_string(&svg).expect("the plot file");
+    assert!(drawn.starts_with("<svg") || drawn.starts_with("<?xml"));
+    let _ = std::fs::remove_file(&svg);
+
+    // The table has a header and one row per connection count.
+    let table = run_cli(base.to_vec());
+    assert_eq!(table.lines().count(), 3, "{table}");
+}
+
+#[test]
+fn cli_rejects_plot_without_sweep() {
+    let out = Command::new(common::bin())
+        .args(["bench", "127.0.0.1:1", "--plot", "x.svg"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn cli_connect_error_is_one_line() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = within(30, move || {
+        Command::new(common::bin())
+            .args(["bench", &addr.to_string(), "--requests", "10"])
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!("sockline: cannot connect to {addr}: connection refused")
+    );
+}
+
+#[test]
+fn sweep_runs_rr_once_per_count() {
+    let server = common::start(mode::Echo, Config::default());
+    let opts = BenchOptions {
+        requests: Some(100),
+        ..options(server.addr)
+    };
+    let rows = within(60, move || bench::sweep(&opts, &[1, 3]).unwrap());
+    assert_eq!(rows.iter().map(|r| r.opened).collect::<Vec<_>>(), [1, 3]);
+    server.stop().unwrap();
+}
