@@ -25,6 +25,8 @@ pub const READ_CHUNK: usize = 16 * 1024;
 pub const OUTPUT_CAP: usize = 64 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_SLICES: usize = 64;
+/// Reads one `drive` may do before letting other connections have a turn.
+const READ_BUDGET: usize = 4;
 
 /// Per-worker buffers shared by all of its connections.
 pub struct Scratch {
@@ -61,6 +63,8 @@ pub enum Status {
         /// Bytes are pending: also wake on writability.
         want_write: bool,
     },
+    /// More input may be waiting: drive it again once the others had a turn.
+    Yield,
     /// Close it now, for this reason.
     Close(CloseReason),
 }
@@ -164,8 +168,9 @@ impl<S> Connection<S> {
         self.send(scratch);
     }
 
-    /// Queues a message from another connection; false when the queue has
-    /// outgrown `max_queue` (the client is not keeping up).
+    /// Queues a message from another connection; false when, even after
+    /// offering the socket what is queued, more than `max_queue` bytes wait
+    /// (the client is not keeping up).
     pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
         if matches!(self.phase, Phase::Closing(_)) {
             return true;
@@ -173,7 +178,14 @@ impl<S> Connection<S> {
         let mail = self.mail.get_or_insert_with(Box::default);
         mail.bytes += msg.len();
         mail.queue.push_back(msg);
-        mail.bytes <= max_queue
+        if mail.bytes <= max_queue {
+            return true;
+        }
+        // A socket error shows again on the next flush.
+        let _ = self.flush();
+        self.mail
+            .as_ref()
+            .is_none_or(|mail| mail.bytes <= max_queue)
     }
 
     /// Writes what is pending, without reading. Call after [`deliver`](Self::deliver).
@@ -198,6 +210,7 @@ impl<S> Connection<S> {
         max_line: usize,
         hup: bool,
     ) -> Status {
+        let mut reads = 0;
         loop {
             match self.flush() {
                 Ok(true) => {}
@@ -224,6 +237,12 @@ impl<S> Connection<S> {
                 Phase::Closing(why) | Phase::Draining(why) => return Status::Close(why),
                 Phase::Open => {}
             }
+            // Fairness: a client that sends without pause, or whose lines
+            // fan out to others, must not hold the loop.
+            if reads == READ_BUDGET || !scratch.post.is_empty() {
+                return Status::Yield;
+            }
+            reads += 1;
             match self.stream.read(&mut scratch.input) {
                 Ok(0) => {
                     // EOF: an unterminated last line is answered like any other.
@@ -374,7 +393,13 @@ impl<S> Connection<S> {
         if out.is_empty() {
             return;
         }
-        if self.has_pending() {
+        if let Some(mail) = self.mail.as_mut().filter(|mail| mail.bytes > 0) {
+            // Behind messages already queued, to keep the order they were made in.
+            mail.bytes += out.len();
+            mail.queue.push_back(Message::from(&out[..]));
+            return;
+        }
+        if !self.output.is_empty() {
             self.output.extend_from_slice(out);
             return;
         }
@@ -457,7 +482,7 @@ fn too_long(out: &mut Vec<u8>, max_line: usize) -> Answered {
 
 fn error_reason(e: &io::Error) -> CloseReason {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Client,
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Reset,
         _ => CloseReason::Error,
     }
 }

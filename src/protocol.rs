@@ -35,8 +35,10 @@ pub type Message = Arc<[u8]>;
 pub enum CloseReason {
     /// The protocol asked for it ([`Flow::Close`]).
     Protocol,
-    /// The client closed its side, or reset the connection.
+    /// The client closed its side.
     Client,
+    /// The connection was reset (or the client stopped reading for good).
+    Reset,
     /// Its line was longer than `max_line`.
     TooLong,
     /// Its queue of undelivered messages outgrew `max_queue`.
@@ -53,6 +55,7 @@ impl CloseReason {
         match self {
             CloseReason::Protocol => "closed by protocol",
             CloseReason::Client => "closed by client",
+            CloseReason::Reset => "connection reset",
             CloseReason::TooLong => "line too long",
             CloseReason::TooSlow => "too slow",
             CloseReason::Shutdown => "server shutdown",

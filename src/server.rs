@@ -140,6 +140,9 @@ struct Worker<P: Protocol> {
     scratch: Scratch,
     /// Connections with newly queued messages, to flush at the end of a round.
     dirty: Vec<usize>,
+    /// Connections that yielded with input maybe left, and whether their
+    /// peer's end of stream was already reported.
+    ready: Vec<(usize, bool)>,
     /// Accepting is paused until then (out of file descriptors).
     accept_at: Option<Instant>,
 }
@@ -169,6 +172,7 @@ impl<P: Protocol> Worker<P> {
             shared,
             scratch: Scratch::default(),
             dirty: Vec::new(),
+            ready: Vec::new(),
             accept_at: None,
         })
     }
@@ -188,7 +192,10 @@ impl<P: Protocol> Worker<P> {
                 return Ok(());
             }
             let wake = [self.accept_at, deadline].into_iter().flatten().min();
-            let timeout = wake.map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = match self.ready.is_empty() {
+                true => wake.map(|at| at.saturating_duration_since(Instant::now())),
+                false => Some(Duration::ZERO),
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -197,6 +204,11 @@ impl<P: Protocol> Worker<P> {
             if self.accept_at.is_some_and(|at| Instant::now() >= at) {
                 self.accept_at = None;
                 self.accept();
+            }
+            for (key, hup) in std::mem::take(&mut self.ready) {
+                if self.conns.contains(key) {
+                    self.drive(key, hup);
+                }
             }
             for event in events.iter() {
                 match event.token() {
@@ -241,7 +253,8 @@ impl<P: Protocol> Worker<P> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let shared = &self.shared;
-        if shared.open.load(Ordering::Relaxed) >= shared.config.max_conns {
+        if shared.open.fetch_add(1, Ordering::Relaxed) >= shared.config.max_conns {
+            shared.open.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(%peer, "refused: server full");
             // A fresh socket's send buffer is empty, so this does not block.
             let _ = stream.write(FULL);
@@ -256,9 +269,9 @@ impl<P: Protocol> Worker<P> {
             .register(&mut stream, Token(key), Interest::READABLE)
         {
             tracing::warn!(%peer, "cannot watch connection: {e}");
+            shared.open.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        shared.open.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%peer, "connection opened");
         let conn = Connection::open(
             ConnId(key),
@@ -271,6 +284,7 @@ impl<P: Protocol> Worker<P> {
             conn,
             want_write: false,
         });
+        self.deliver_post();
         self.drive(key, false);
     }
 
@@ -281,6 +295,9 @@ impl<P: Protocol> Worker<P> {
         let status = entry
             .conn
             .drive(&mut self.proto, &mut self.scratch, max_line, hup);
+        if status == Status::Yield {
+            self.ready.push((key, hup));
+        }
         self.settle(key, status);
         self.deliver_post();
     }
@@ -301,7 +318,7 @@ impl<P: Protocol> Worker<P> {
                     self.close(key, CloseReason::Error);
                 }
             }
-            Status::Wait { .. } => {}
+            Status::Wait { .. } | Status::Yield => {}
             Status::Close(why) => self.close(key, why),
         }
     }

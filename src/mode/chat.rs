@@ -263,6 +263,7 @@ impl<R: Rooms> Protocol for Chat<R> {
         let reason = match why {
             CloseReason::Protocol => "",
             CloseReason::Client => "closed by client",
+            CloseReason::Reset => "connection reset",
             CloseReason::TooLong => "line too long",
             CloseReason::TooSlow => "too slow",
             CloseReason::Error => "connection error",
