@@ -114,6 +114,10 @@ pub struct BenchArgs {
     /// fanout: lines per second per sender.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
+    /// fanout: spread the senders evenly over one period instead of having
+    /// them send on the same tick.
+    #[arg(long)]
+    pub stagger: bool,
     /// Server process id: report its CPU per reply and memory per connection.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -148,6 +152,7 @@ impl BenchArgs {
             hold: self.hold,
             senders: self.senders,
             rate: self.rate,
+            stagger: self.stagger,
             server_pid: self.server_pid,
             timeout: self.timeout,
             progress: true,

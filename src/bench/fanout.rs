@@ -64,8 +64,12 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let per_sender = (opts.rate * opts.duration.as_secs_f64()).round() as u64;
     let mut sending = JoinSet::new();
     for (me, wr) in writers.drain(..senders).enumerate() {
-        // Senders start spread over one period, not all at once.
-        let offset = Duration::from_secs_f64(me as f64 / senders as f64 / opts.rate);
+        // Senders tick together, as people answering the same message do;
+        // --stagger spreads them evenly over one period instead.
+        let offset = match opts.stagger {
+            true => Duration::from_secs_f64(me as f64 / senders as f64 / opts.rate),
+            false => Duration::ZERO,
+        };
         let plan = Plan {
             me,
             lines: per_sender,

@@ -81,6 +81,9 @@ pub struct BenchOptions {
     pub senders: usize,
     /// fanout: lines a second per sender.
     pub rate: f64,
+    /// fanout: spread the senders evenly over one period instead of having
+    /// them all send on the same tick.
+    pub stagger: bool,
     /// Process id of the server, to sample its CPU time and memory.
     pub server_pid: Option<u32>,
     /// How long to wait for a connect, or for a reply while one is owed,
@@ -104,6 +107,7 @@ impl Default for BenchOptions {
             hold: Duration::from_secs(1),
             senders: 1,
             rate: 10.0,
+            stagger: false,
             server_pid: None,
             timeout: Duration::from_secs(10),
             progress: false,
