@@ -39,8 +39,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_conns: usize,
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
-    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
-    pub drain_timeout: f64,
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    pub drain_timeout: Duration,
     /// Event-loop threads (default: one per CPU available).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -75,8 +75,8 @@ pub struct ConnectArgs {
     /// Server address, HOST:PORT.
     pub addr: String,
     /// Seconds to wait for connecting, and for the server to close after BYE.
-    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
-    pub timeout: f64,
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,7 +94,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub pipeline: u64,
     /// rr and fanout: seconds to send for.
-    #[arg(long, default_value = "10", value_parser = sockline::bench::parse_secs)]
+    #[arg(long, default_value = "10", value_parser = seconds)]
     pub duration: Duration,
     /// rr: total requests to send; wins over --duration.
     #[arg(long)]
@@ -106,7 +106,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub verify_echo: bool,
     /// idle: seconds to hold all connections before each sends its line.
-    #[arg(long, default_value = "1", value_parser = sockline::bench::parse_secs)]
+    #[arg(long, default_value = "1", value_parser = seconds)]
     pub hold: Duration,
     /// fanout: how many members send.
     #[arg(long, default_value_t = 1)]
@@ -123,7 +123,7 @@ pub struct BenchArgs {
     pub server_pid: Option<u32>,
     /// Seconds to wait for a connect, or for a reply that is owed, before
     /// counting an error.
-    #[arg(long, default_value = "10", value_parser = sockline::bench::parse_secs)]
+    #[arg(long, default_value = "10", value_parser = seconds)]
     pub timeout: Duration,
     /// Print a JSON object (an array with --sweep) instead of a table.
     #[arg(long)]
@@ -168,10 +168,10 @@ impl BenchArgs {
     }
 }
 
-/// A duration in seconds: a finite number, at least zero.
-pub fn seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("expected a number of seconds, not {s:?}")),
-    }
+/// A duration in seconds (`1.5`): a finite number, at least zero.
+pub fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("expected a number of seconds, not {s:?}"))
 }

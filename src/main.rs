@@ -8,14 +8,13 @@ use clap::Parser;
 use cli::{Cli, Command, Mode, ServeArgs};
 use sockline::{Config, Shutdown, mode, server};
 use std::process::ExitCode;
-use std::time::Duration;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Connect(args) => {
-            sockline::client::run(&args.addr, secs(args.timeout)).map_err(anyhow::Error::from)
+            sockline::client::run(&args.addr, args.timeout).map_err(anyhow::Error::from)
         }
         Command::Bench(args) => sockline::bench::command(
             &args.options(),
@@ -50,7 +49,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let config = Config {
         max_line: usize::try_from(args.max_line).unwrap_or(usize::MAX),
         max_conns: args.max_conns,
-        drain_timeout: secs(args.drain_timeout),
+        drain_timeout: args.drain_timeout,
         workers: args.workers,
         max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
     };
@@ -78,9 +77,4 @@ fn init_logging(quiet: bool, verbose: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-}
-
-/// Seconds from the command line as a duration; nonsense becomes zero.
-fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }

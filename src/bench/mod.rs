@@ -276,14 +276,6 @@ pub fn command(
     }
 }
 
-/// Parses seconds from the command line (`1.5`) into a duration.
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration"))
-}
-
 /// What every scenario needs while it runs.
 struct Ctx<'a> {
     opts: &'a BenchOptions,
