@@ -8,11 +8,14 @@
 //! replies are printed while we wait for stdin, and a server that stops
 //! reading until its replies are read cannot deadlock a long pasted input.
 //!
-//! Stdin is read on a thread of its own (`spawn_stdin_reader`) that hands
-//! whole lines over a channel. A blocking reader thread is what a line
-//! editor needs too, so it can later replace that one function. The thread
-//! may still be blocked in `read` when [`run`] returns; the process exiting
-//! ends it.
+//! Stdin is read on a thread of its own that hands whole lines over a
+//! channel: `spawn_stdin_reader` reads plain lines; when stdin and stdout are
+//! a terminal, [`tty`] reads them with a line editor instead and prints the
+//! server's lines above the prompt. The plain thread may still be blocked in
+//! `read` when [`run`] returns; the process exiting ends it. The editor's
+//! thread is ended by [`run`], since it holds the terminal in raw mode.
+
+mod tty;
 
 use crate::mode::is_bye;
 use std::io::{self, BufRead, Write};
@@ -22,26 +25,35 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time;
+use tty::Terminal;
 
 /// Stdin lines read ahead of the socket before the reader thread waits.
 const LINES_AHEAD: usize = 64;
 /// Bytes read from the server per `read`.
 const CHUNK: usize = 16 * 1024;
 
+/// Where stdin lines go: each `\n`-terminated, or the error that ended
+/// reading; dropped at EOF.
+type LineSender = mpsc::Sender<io::Result<Vec<u8>>>;
+
 /// Connects to `addr` (`HOST:PORT`) and runs an interactive session: every
 /// stdin line is sent, every byte from the server is printed.
 ///
 /// `timeout` bounds connecting and, after the user sends `BYE`, the wait for
 /// the server to close. Returns `Ok` after `BYE`, after stdin EOF once the
-/// server has closed, or when stdout is closed; an error if connecting fails
-/// or the server ends the session first.
+/// server has closed, when stdout is closed, or (in a terminal) on Ctrl-C;
+/// an error if connecting fails or the server ends the session first.
 pub fn run(addr: &str, timeout: Duration) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(session(addr, timeout));
+    let mut terminal = None;
+    let result = runtime.block_on(session(addr, timeout, &mut terminal));
     // Do not wait for a name lookup still blocked in the background.
     runtime.shutdown_background();
+    if let Some(terminal) = terminal {
+        terminal.finish();
+    }
     result
 }
 
@@ -57,23 +69,61 @@ enum Sent {
 enum Printed {
     /// The server closed the connection.
     ServerClosed,
-    /// Nobody reads our stdout any more.
+    /// Nobody reads our stdout (or the terminal's printer failed).
     StdoutClosed,
 }
 
-async fn session(addr: &str, timeout: Duration) -> io::Result<()> {
+/// Connects, starts reading stdin (with the line editor if stdin and stdout
+/// are a terminal: then `terminal` is set, for [`run`] to finish) and talks.
+async fn session(addr: &str, timeout: Duration, terminal: &mut Option<Terminal>) -> io::Result<()> {
     let mut stream = connect(addr, timeout).await?;
     let (lines_tx, mut lines) = mpsc::channel(LINES_AHEAD);
-    spawn_stdin_reader(lines_tx)?;
+    let terminal = match tty::editor() {
+        Some((editor, printer)) => {
+            Some(terminal.insert(Terminal::start(editor, printer, lines_tx)?))
+        }
+        None => {
+            spawn_stdin_reader(lines_tx)?;
+            None
+        }
+    };
+    let printer = terminal.as_ref().map(|terminal| terminal.printer());
     let (mut from_server, mut to_server) = stream.split();
-    let printing = print_replies(&mut from_server);
+    let printing = async {
+        match &printer {
+            Some(printer) => tty::print_lines(&mut from_server, printer).await,
+            None => print_replies(&mut from_server).await,
+        }
+    };
+    let interrupted = async {
+        match terminal {
+            Some(terminal) => terminal.interrupted().await,
+            // Plain mode leaves SIGINT alone: it kills the process.
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = talk(printing, &mut lines, &mut to_server, timeout) => result,
+        // Ctrl-C in a terminal: leave now; dropping the stream closes it.
+        () = interrupted => Ok(()),
+    }
+}
+
+/// Prints the server's bytes (`printing`) while sending stdin `lines`,
+/// until one side ends the session.
+async fn talk(
+    printing: impl Future<Output = io::Result<Printed>>,
+    lines: &mut mpsc::Receiver<io::Result<Vec<u8>>>,
+    to_server: &mut WriteHalf<'_>,
+    timeout: Duration,
+) -> io::Result<()> {
     tokio::pin!(printing);
     let sent = tokio::select! {
         printed = &mut printing => return match printed? {
             Printed::ServerClosed => Err(closed_by_server()),
             Printed::StdoutClosed => Ok(()),
         },
-        sent = send_lines(&mut lines, &mut to_server) => sent,
+        sent = send_lines(lines, to_server) => sent,
     };
     match sent {
         Ok(Sent::Bye) => match time::timeout(timeout, printing).await {
@@ -170,9 +220,9 @@ async fn send_lines(
 }
 
 /// Reads stdin on its own thread and sends each line, `\n`-terminated, to
-/// `lines`; dropping the sender at EOF tells the session. Swap this function
-/// to read lines some other way (a line editor).
-fn spawn_stdin_reader(lines: mpsc::Sender<io::Result<Vec<u8>>>) -> io::Result<()> {
+/// `lines`; dropping the sender at EOF tells the session. The plain reader;
+/// [`tty::Terminal::start`] is the line editor's.
+fn spawn_stdin_reader(lines: LineSender) -> io::Result<()> {
     let read = move || {
         let mut stdin = io::stdin().lock();
         loop {

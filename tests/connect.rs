@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::{Finished, KillOnDrop};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running `sockline connect`, killed if the test ends early.
 struct Client {
-    child: Child,
+    child: KillOnDrop,
     stdin: Option<ChildStdin>,
     /// Stdout chunks as they arrive; disconnected at EOF.
     stdout: mpsc::Receiver<Vec<u8>>,
@@ -24,22 +25,17 @@ struct Client {
     stderr: Option<JoinHandle<String>>,
 }
 
-/// A finished client.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 impl Client {
     fn start(addr: &str) -> Client {
-        let mut child = Command::new(common::bin())
-            .args(["connect", addr])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sockline connect");
+        let mut child = KillOnDrop(
+            Command::new(common::bin())
+                .args(["connect", addr])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start sockline connect"),
+        );
         let mut stdout = child.stdout.take().unwrap();
         let (tx, chunks) = mpsc::channel();
         std::thread::spawn(move || {
@@ -50,12 +46,7 @@ impl Client {
                 }
             }
         });
-        let mut stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut all = String::new();
-            let _ = stderr.read_to_string(&mut all);
-            all
-        });
+        let stderr = common::read_in_background(child.stderr.take().unwrap());
         Client {
             stdin: child.stdin.take(),
             child,
@@ -94,22 +85,15 @@ impl Client {
     /// Waits for the client to exit (without closing stdin) and collects its
     /// output; kills it and fails the test if it runs past the deadline.
     fn finish(mut self) -> Finished {
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
+        let Some(status) = common::wait_within(&mut self.child, DEADLINE) else {
+            let _ = self.child.kill();
+            while let Ok(chunk) = self.stdout.try_recv() {
+                self.seen.extend(chunk);
             }
-            if Instant::now() >= until {
-                let _ = self.child.kill();
-                while let Ok(chunk) = self.stdout.try_recv() {
-                    self.seen.extend(chunk);
-                }
-                panic!(
-                    "client still running after {DEADLINE:?}; stdout so far: {:?}",
-                    String::from_utf8_lossy(&self.seen)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            panic!(
+                "client still running after {DEADLINE:?}; stdout so far: {:?}",
+                String::from_utf8_lossy(&self.seen)
+            );
         };
         while let Ok(chunk) = self.stdout.recv_timeout(DEADLINE) {
             self.seen.extend(chunk);
@@ -123,19 +107,13 @@ impl Client {
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs the client with all of `input` on stdin, then EOF.
 fn run(addr: &str, input: &str) -> Finished {
-    let mut client = Client::start(addr);
-    client.write(input);
-    client.close_stdin();
-    client.finish()
+    common::run(
+        Command::new(common::bin()).args(["connect", addr]),
+        input,
+        DEADLINE,
+    )
 }
 
 /// A one-connection test server on 127.0.0.1:0 running `serve` in a thread.
@@ -170,10 +148,7 @@ fn stdin_eof_half_closes_and_prints_the_rest() {
 
 #[test]
 fn refused_connection_is_one_line_and_exit_1() {
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = common::free_port();
     let done = run(&format!("127.0.0.1:{port}"), "");
     assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
     assert_eq!(done.stderr.lines().count(), 1, "stderr: {}", done.stderr);

@@ -4,10 +4,11 @@
 
 mod common;
 
+use common::{Finished, KillOnDrop};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long any one step may take before the test fails.
@@ -60,67 +61,10 @@ impl Drop for Classes {
     }
 }
 
-/// A process killed when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `command` with `input` on stdin, then EOF; kills it and fails the
 /// test if it runs past the deadline.
 fn run(command: &mut Command, input: &str) -> Finished {
-    let mut child = KillOnDrop(
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the program under test"),
-    );
-    let mut stdin = child.0.stdin.take().unwrap();
-    let input = input.to_owned();
-    std::thread::spawn(move || {
-        // A program that exits early shows in the assertions on its output.
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let mut stdout = child.0.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stdout.read_to_string(&mut all);
-        all
-    });
-    let mut stderr = child.0.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stderr.read_to_string(&mut all);
-        all
-    });
-    let until = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < until,
-            "{command:?} still running after {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Finished {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    common::run(command, input, DEADLINE)
 }
 
 #[test]
@@ -139,10 +83,7 @@ fn tutorial_client_talks_to_our_server() {
 #[test]
 fn our_client_talks_to_tutorial_server() {
     let classes = Classes::compile();
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = common::free_port();
     let _server = KillOnDrop(
         classes
             .java(&["Server", &port.to_string()])

@@ -1,13 +1,15 @@
 //! Shared test helpers: start a real server on 127.0.0.1 port 0, in-process
-//! or as the real binary, and talk to it over real sockets.
+//! or as the real binary, and talk to it over real sockets; run child
+//! processes with deadlines, killing them however the test ends.
 #![allow(dead_code)]
 
 use sockline::{Config, Protocol, Shutdown, server};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A server running in this process.
 pub struct InProcess {
@@ -46,17 +48,10 @@ pub fn start<P: Protocol>(proto: P, config: Config) -> InProcess {
 
 /// The real `sockline` binary, running `serve` on 127.0.0.1:0.
 pub struct Binary {
-    pub child: Child,
+    pub child: KillOnDrop,
     pub addr: SocketAddr,
     /// The rest of the server's stderr, read in the background.
     pub stderr: JoinHandle<String>,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Path of the real binary under test.
@@ -67,14 +62,16 @@ pub fn bin() -> &'static str {
 /// Runs `sockline serve --listen 127.0.0.1:0 EXTRA...` and waits for its
 /// "listening on" line.
 pub fn serve_binary(extra: &[&str]) -> Binary {
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sockline serve");
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sockline serve"),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     let addr = loop {
@@ -87,11 +84,7 @@ pub fn serve_binary(extra: &[&str]) -> Binary {
             break line[at + "listening on ".len()..].trim().parse().unwrap();
         }
     };
-    let stderr = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    let stderr = read_in_background(stderr);
     Binary {
         child,
         addr,
@@ -126,4 +119,102 @@ pub fn read_n(stream: &mut TcpStream, n: usize) -> Vec<u8> {
 /// Sends `data` in one write.
 pub fn send(stream: &mut TcpStream, data: &[u8]) {
     stream.write_all(data).unwrap();
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends;
+/// derefs to the [`Child`].
+pub struct KillOnDrop(pub Child);
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A finished child process and its output.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Reads all of `from` (lossy UTF-8) on a thread of its own.
+pub fn read_in_background(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = from.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    })
+}
+
+/// Waits up to `deadline` for `child` to exit; `None` if it is still
+/// running then.
+pub fn wait_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `command` with `input` on stdin, then EOF, and collects its output;
+/// kills it and fails the test, showing its output so far, if it runs past
+/// `deadline`.
+pub fn run(command: &mut Command, input: &str, deadline: Duration) -> Finished {
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the program under test"),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    std::thread::spawn(move || {
+        // A program that exits early shows in the assertions on its output.
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    let status = wait_within(&mut child, deadline);
+    // Killed, it closes its pipes: what it wrote so far is all there is.
+    drop(child);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!(
+            "{command:?} still running after {deadline:?}; stdout: {stdout:?}; stderr: {stderr:?}"
+        );
+    };
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (nothing listens on it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
