@@ -211,7 +211,7 @@ async fn send_lines(
         let line = line?;
         to.write_all(&line).await.map_err(session_error)?;
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if is_bye(text.strip_suffix(b"\r").unwrap_or(text)) {
+        if is_goodbye(text.strip_suffix(b"\r").unwrap_or(text)) {
             return Ok(Sent::Bye);
         }
     }
@@ -286,4 +286,10 @@ fn describe(e: &io::Error) -> String {
     chars.next().map_or_else(String::new, |first| {
         first.to_lowercase().chain(chars).collect()
     })
+}
+
+/// A line after which the server is expected to close: the tutorial's `BYE`
+/// (any case), or chat's `/quit`.
+fn is_goodbye(line: &[u8]) -> bool {
+    is_bye(line) || line == b"/quit"
 }

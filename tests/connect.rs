@@ -203,3 +203,15 @@ fn lines_are_printed_as_they_arrive_without_typing() {
     assert!(done.status.success(), "stderr: {}", done.stderr);
     assert_eq!(done.stdout, "early\n");
 }
+
+#[test]
+fn quit_in_a_chat_is_a_clean_exit() {
+    let server = common::serve_binary(&["--mode", "chat"]);
+    let mut client = Client::start(&server.addr.to_string());
+    assert!(client.stdout_has("* welcome user-1"));
+    client.write("/quit\n");
+    // Stdin stays open: /quit, like BYE, is the end of the session.
+    let done = client.finish();
+    assert!(done.status.success(), "stderr: {}", done.stderr);
+    assert!(done.stdout.ends_with("* bye\n"), "stdout: {}", done.stdout);
+}

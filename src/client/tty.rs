@@ -23,8 +23,8 @@
 //! SIGINT, which rustyline's handler (installed while `readline` runs) turns
 //! into `Interrupted`.
 
+use super::is_goodbye;
 use super::{LineSender, Printed, describe, session_error};
-use crate::mode::is_bye;
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use signal_hook::consts::SIGINT;
@@ -174,8 +174,8 @@ fn edit(mut editor: DefaultEditor, lines: &LineSender, stop: &AtomicBool) {
             }
         };
         let _ = editor.add_history_entry(line.as_str());
-        // The session stops reading after BYE; no prompt for a next line.
-        let bye = is_bye(line.as_bytes());
+        // The session stops reading after BYE or /quit; no prompt for a next line.
+        let bye = is_goodbye(line.as_bytes());
         let mut line = line.into_bytes();
         line.push(b'\n');
         // A send error means the session is over.
