@@ -41,6 +41,18 @@ pub struct ServeArgs {
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub drain_timeout: Duration,
+    /// Only clients in this network may connect (repeatable; IPv4 or IPv6 CIDR).
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<ipnet::IpNet>,
+    /// Clients in this network may not connect (repeatable; wins over --allow).
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<ipnet::IpNet>,
+    /// Connections one IP address may hold at once (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+    /// Close a connection that sends no complete line for this many seconds.
+    #[arg(long, value_parser = seconds)]
+    pub idle_timeout: Option<Duration>,
     /// Event-loop threads (default: one per CPU available).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

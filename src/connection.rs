@@ -103,6 +103,8 @@ pub struct Connection<S> {
     /// `input` may hold complete lines that were not answered yet.
     backlog: bool,
     phase: Phase,
+    /// Idle sweeps since the last complete line.
+    idle: u32,
     session: S,
 }
 
@@ -129,6 +131,7 @@ impl<S> Connection<S> {
             mail: None,
             backlog: false,
             phase: Phase::Open,
+            idle: 0,
             session,
         };
         conn.send(scratch);
@@ -166,6 +169,28 @@ impl<S> Connection<S> {
             &mut Output::new(self.id, &mut scratch.output, &mut scratch.post),
         );
         self.send(scratch);
+    }
+
+    /// Counts one idle sweep; returns the sweeps since the last complete line.
+    pub fn idle_sweep(&mut self) -> u32 {
+        self.idle += 1;
+        self.idle
+    }
+
+    /// Closes the connection with a last line of the server's own (e.g. an
+    /// idle timeout): nothing more is answered; what is pending still goes.
+    pub fn end_with(
+        &mut self,
+        notice: &[u8],
+        why: CloseReason,
+        scratch: &mut Scratch,
+    ) -> Status {
+        self.phase = Phase::Closing(why);
+        self.backlog = false;
+        scratch.output.clear();
+        scratch.output.extend_from_slice(notice);
+        self.send(scratch);
+        self.flush_only()
     }
 
     /// Queues a message from another connection; false when, even after
@@ -229,7 +254,7 @@ impl<S> Connection<S> {
                     max_line,
                 );
                 self.input.drain(..used);
-                self.after_answer(how);
+                self.after_answer(how, used);
                 self.send(scratch);
                 continue;
             }
@@ -354,7 +379,7 @@ impl<S> Connection<S> {
                 scratch,
                 max_line,
             );
-            self.after_answer(how);
+            self.after_answer(how, used);
             if self.phase == Phase::Open {
                 self.input.extend_from_slice(&data[used..]);
             }
@@ -371,7 +396,7 @@ impl<S> Connection<S> {
                 max_line,
             );
             self.input.drain(..used);
-            self.after_answer(how);
+            self.after_answer(how, used);
         }
         if self.input.is_empty() {
             self.input = Vec::new();
@@ -379,7 +404,10 @@ impl<S> Connection<S> {
         self.send(scratch);
     }
 
-    fn after_answer(&mut self, how: Answered) {
+    fn after_answer(&mut self, how: Answered, used: usize) {
+        if used > 0 {
+            self.idle = 0;
+        }
         match how {
             Answered::AllLines => self.backlog = false,
             Answered::OutputFull => self.backlog = true,

@@ -51,6 +51,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_conns: args.max_conns,
         drain_timeout: args.drain_timeout,
         workers: args.workers,
+        access: server::Access {
+            allow: args.allow,
+            deny: args.deny,
+        },
+        max_conns_per_ip: args.max_conns_per_ip,
+        idle_timeout: args.idle_timeout.filter(|t| !t.is_zero()),
         max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
     };
     match args.mode {

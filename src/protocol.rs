@@ -43,6 +43,8 @@ pub enum CloseReason {
     TooLong,
     /// Its queue of undelivered messages outgrew `max_queue`.
     TooSlow,
+    /// It sent no complete line for `idle_timeout`.
+    Idle,
     /// The server is shutting down.
     Shutdown,
     /// A socket error.
@@ -58,6 +60,7 @@ impl CloseReason {
             CloseReason::Reset => "connection reset",
             CloseReason::TooLong => "line too long",
             CloseReason::TooSlow => "too slow",
+            CloseReason::Idle => "idle timeout",
             CloseReason::Shutdown => "server shutdown",
             CloseReason::Error => "connection error",
         }

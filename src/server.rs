@@ -18,8 +18,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::io::{self, Write};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,12 @@ pub struct Config {
     pub max_queue: usize,
     /// How long a shutdown waits for replies to drain.
     pub drain_timeout: Duration,
+    /// Who may connect.
+    pub access: Access,
+    /// Connections one IP address may hold at once; 0 means no limit.
+    pub max_conns_per_ip: usize,
+    /// Close a connection that sends no complete line for this long.
+    pub idle_timeout: Option<Duration>,
     /// Event-loop threads; 0 means one per CPU this process may run on.
     /// A protocol with [`Protocol::ONE_LOOP`] always gets one.
     pub workers: usize,
@@ -47,6 +54,9 @@ impl Default for Config {
             max_conns: 10_000,
             max_queue: 1 << 20,
             drain_timeout: Duration::from_secs(5),
+            access: Access::default(),
+            max_conns_per_ip: 0,
+            idle_timeout: None,
             workers: 0,
         }
     }
@@ -54,6 +64,29 @@ impl Default for Config {
 
 /// The reply to a connection past `max_conns`.
 pub const FULL: &[u8] = b"ERR server full\n";
+/// The reply to a connection from an address `--allow`/`--deny` refuse.
+pub const DENIED: &[u8] = b"ERR access denied\n";
+/// The reply to a connection past `max_conns_per_ip`.
+pub const PER_IP: &[u8] = b"ERR too many connections from your address\n";
+
+/// Allow and deny lists of networks. An address in a denied network is
+/// refused; with any allowed network, an address in none of them is too.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Networks that may connect (empty: everyone not denied).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks that may not.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl Access {
+    /// Whether `ip` may connect.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let within = |nets: &[ipnet::IpNet]| nets.iter().any(|net| net.contains(&ip));
+        !within(&self.deny) && (self.allow.is_empty() || within(&self.allow))
+    }
+}
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -92,6 +125,7 @@ pub fn run<P: Protocol>(
     let shared = Arc::new(Shared {
         config,
         open: AtomicUsize::new(0),
+        per_ip: Mutex::default(),
     });
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -130,6 +164,46 @@ pub fn run<P: Protocol>(
 struct Shared {
     config: Config,
     open: AtomicUsize,
+    /// Open connections per address, kept only with `max_conns_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    /// Counts a new connection from `ip`; the refusal line when over a limit.
+    fn admit(&self, ip: IpAddr) -> Result<(), &'static [u8]> {
+        let config = &self.config;
+        if !config.access.permits(ip) {
+            return Err(DENIED);
+        }
+        if self.open.fetch_add(1, Ordering::Relaxed) >= config.max_conns {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(FULL);
+        }
+        if config.max_conns_per_ip > 0 {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_ip.entry(ip).or_default();
+            if *count >= config.max_conns_per_ip {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return Err(PER_IP);
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    /// Forgets a connection from `ip`.
+    fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.config.max_conns_per_ip > 0 {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 struct Worker<P: Protocol> {
@@ -146,6 +220,8 @@ struct Worker<P: Protocol> {
     ready: Vec<(usize, bool)>,
     /// Accepting is paused until then (out of file descriptors).
     accept_at: Option<Instant>,
+    /// The next idle sweep, with `idle_timeout`.
+    sweep_at: Option<Instant>,
 }
 
 struct Entry<S> {
@@ -175,12 +251,18 @@ impl<P: Protocol> Worker<P> {
             dirty: Vec::new(),
             ready: Vec::new(),
             accept_at: None,
+            sweep_at: None,
         })
     }
 
     fn run(mut self, shutdown: Shutdown) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut deadline = None;
+        let sweep = self.shared.config.idle_timeout.map(|timeout| {
+            let every = (timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let limit = (timeout.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
+            (every, limit, idle_notice(timeout))
+        });
         loop {
             if deadline.is_none() && shutdown.is_triggered() {
                 deadline = Some(Instant::now() + self.shared.config.drain_timeout);
@@ -192,7 +274,17 @@ impl<P: Protocol> Worker<P> {
                 self.close_all(CloseReason::Shutdown);
                 return Ok(());
             }
-            let wake = [self.accept_at, deadline].into_iter().flatten().min();
+            if let Some((every, limit, notice)) = &sweep {
+                let now = Instant::now();
+                if self.sweep_at.is_none_or(|at| now >= at) {
+                    self.sweep_at = Some(now + *every);
+                    self.close_idle(*limit, notice);
+                }
+            }
+            let wake = [self.accept_at, deadline, self.sweep_at]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = match self.ready.is_empty() {
                 true => wake.map(|at| at.saturating_duration_since(Instant::now())),
                 false => Some(Duration::ZERO),
@@ -254,11 +346,11 @@ impl<P: Protocol> Worker<P> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let shared = &self.shared;
-        if shared.open.fetch_add(1, Ordering::Relaxed) >= shared.config.max_conns {
-            shared.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::info!(%peer, "refused: server full");
+        if let Err(reason) = shared.admit(peer.ip()) {
+            let why = String::from_utf8_lossy(reason.strip_prefix(b"ERR ").unwrap_or(reason));
+            tracing::info!(%peer, "refused: {}", why.trim_end());
             // A fresh socket's send buffer is empty, so this does not block.
-            let _ = stream.write(FULL);
+            let _ = stream.write(reason);
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -270,7 +362,7 @@ impl<P: Protocol> Worker<P> {
             .register(&mut stream, Token(key), Interest::READABLE)
         {
             tracing::warn!(%peer, "cannot watch connection: {e}");
-            shared.open.fetch_sub(1, Ordering::Relaxed);
+            shared.release(peer.ip());
             return;
         }
         tracing::info!(%peer, "connection opened");
@@ -360,11 +452,29 @@ impl<P: Protocol> Worker<P> {
     fn close(&mut self, key: usize, why: CloseReason) {
         let mut entry = self.conns.remove(key);
         let _ = self.poll.registry().deregister(entry.conn.stream());
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.release(entry.conn.peer().ip());
         tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
         let session = entry.conn.finish();
         let mut out = self.scratch.detached(ConnId(key));
         self.proto.close(session, why, &mut out);
+    }
+
+    /// Ends, with `notice`, each connection that sent no complete line in
+    /// the last `limit` sweeps.
+    fn close_idle(&mut self, limit: u32, notice: &[u8]) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(key, entry)| (entry.conn.idle_sweep() > limit).then_some(key))
+            .collect();
+        for key in idle {
+            let entry = &mut self.conns[key];
+            let status = entry
+                .conn
+                .end_with(notice, CloseReason::Idle, &mut self.scratch);
+            self.settle(key, status);
+        }
+        self.deliver_post();
     }
 
     /// Stops accepting; every connection answers what it already received.
@@ -397,6 +507,11 @@ impl<P: Protocol> Worker<P> {
         }
         self.scratch.post.clear();
     }
+}
+
+/// The last line to a connection closed for idleness.
+fn idle_notice(timeout: Duration) -> Vec<u8> {
+    format!("ERR idle timeout (no line for {} s)\n", timeout.as_secs_f64()).into_bytes()
 }
 
 fn is_out_of_resources(e: &io::Error) -> bool {

@@ -266,6 +266,7 @@ impl<R: Rooms> Protocol for Chat<R> {
             CloseReason::Reset => "connection reset",
             CloseReason::TooLong => "line too long",
             CloseReason::TooSlow => "too slow",
+            CloseReason::Idle => "idle timeout",
             CloseReason::Error => "connection error",
             // Everyone is leaving and was told why: no notices.
             CloseReason::Shutdown => {
