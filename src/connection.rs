@@ -179,12 +179,7 @@ impl<S> Connection<S> {
 
     /// Closes the connection with a last line of the server's own (e.g. an
     /// idle timeout): nothing more is answered; what is pending still goes.
-    pub fn end_with(
-        &mut self,
-        notice: &[u8],
-        why: CloseReason,
-        scratch: &mut Scratch,
-    ) -> Status {
+    pub fn end_with(&mut self, notice: &[u8], why: CloseReason, scratch: &mut Scratch) -> Status {
         self.phase = Phase::Closing(why);
         self.backlog = false;
         scratch.output.clear();

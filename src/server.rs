@@ -17,11 +17,11 @@ use crate::shutdown::Shutdown;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::io::{self, Write};
 use std::collections::HashMap;
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Server limits.
@@ -511,7 +511,11 @@ impl<P: Protocol> Worker<P> {
 
 /// The last line to a connection closed for idleness.
 fn idle_notice(timeout: Duration) -> Vec<u8> {
-    format!("ERR idle timeout (no line for {} s)\n", timeout.as_secs_f64()).into_bytes()
+    format!(
+        "ERR idle timeout (no line for {} s)\n",
+        timeout.as_secs_f64()
+    )
+    .into_bytes()
 }
 
 fn is_out_of_resources(e: &io::Error) -> bool {
