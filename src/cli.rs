@@ -53,6 +53,12 @@ pub struct ServeArgs {
     /// Close a connection that sends no complete line for this many seconds.
     #[arg(long, value_parser = seconds)]
     pub idle_timeout: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines look.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
     /// Event-loop threads (default: one per CPU available).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -69,6 +75,15 @@ pub struct ServeArgs {
     /// Also log every received line.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, for machines.
+    Json,
 }
 
 /// The built-in protocols.

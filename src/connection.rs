@@ -13,6 +13,7 @@
 //! connections (chat) wait in a queue of shared buffers, written with one
 //! vectored write per round and bounded by `max_queue`.
 
+use crate::metrics::Counts;
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -34,6 +35,8 @@ pub struct Scratch {
     output: Vec<u8>,
     /// Messages protocols sent to other connections, not yet queued.
     pub(crate) post: Vec<(ConnId, Message)>,
+    /// Tallies for the metrics, published once per round.
+    pub(crate) counts: Counts,
 }
 
 impl Default for Scratch {
@@ -42,6 +45,7 @@ impl Default for Scratch {
             input: vec![0; READ_CHUNK].into_boxed_slice(),
             output: Vec::with_capacity(OUTPUT_CAP + READ_CHUNK),
             post: Vec::new(),
+            counts: Counts::default(),
         }
     }
 }
@@ -273,6 +277,7 @@ impl<S> Connection<S> {
                     }
                 }
                 Ok(n) => {
+                    scratch.counts.bytes_in += n as u64;
                     self.receive(proto, scratch, n, max_line);
                     if !hup && n < scratch.input.len() && !self.has_pending() && !self.backlog {
                         // A short read drained the socket; epoll will tell us
@@ -421,6 +426,7 @@ impl<S> Connection<S> {
         if out.is_empty() {
             return;
         }
+        scratch.counts.bytes_out += out.len() as u64;
         if let Some(mail) = self.mail.as_mut().filter(|mail| mail.bytes > 0) {
             // Behind messages already queued, to keep the order they were made in.
             mail.bytes += out.len();
@@ -489,6 +495,7 @@ fn answer<P: Protocol>(
             return (pos, too_long(out, max_line));
         }
         tracing::debug!("Client {peer}: {}", String::from_utf8_lossy(line));
+        scratch.counts.lines_in += 1;
         let mut output = Output::new(id, out, &mut scratch.post);
         if proto.line(session, line, &mut output) == Flow::Close {
             return (pos, Answered::Close(CloseReason::Protocol));

@@ -5,7 +5,7 @@ mod cli;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cli::{Cli, Command, Mode, ServeArgs};
+use cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use sockline::{Config, Shutdown, mode, server};
 use std::process::ExitCode;
 
@@ -34,14 +34,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    init_logging(args.quiet, args.verbose);
+    init_logging(args.quiet, args.verbose, args.log_format);
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
     let listener =
         server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
     let shutdown = Shutdown::new();
     shutdown
         .trigger_on_signals()
@@ -58,7 +56,20 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_conns_per_ip: args.max_conns_per_ip,
         idle_timeout: args.idle_timeout.filter(|t| !t.is_zero()),
         max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
+        metrics: Default::default(),
     };
+    if let Some(at) = args.metrics_listen {
+        let metrics_listener =
+            std::net::TcpListener::bind(at).with_context(|| format!("cannot listen on {at}"))?;
+        eprintln!(
+            "sockline: metrics at http://{}/metrics",
+            metrics_listener.local_addr()?
+        );
+        sockline::metrics::serve(metrics_listener, config.metrics.clone())
+            .context("cannot start the metrics server")?;
+    }
+    let addr = listener.local_addr()?;
+    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
     match args.mode {
         Mode::Ack => server::run(listener, mode::Ack, config, shutdown),
         Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
@@ -67,7 +78,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     .context("server failed")
 }
 
-fn init_logging(quiet: bool, verbose: bool) {
+fn init_logging(quiet: bool, verbose: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet {
         "warn"
@@ -77,10 +88,13 @@ fn init_logging(quiet: bool, verbose: bool) {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }

@@ -12,6 +12,7 @@
 //! docs/PERFORMANCE.md).
 
 use crate::connection::{Connection, Scratch, Status};
+use crate::metrics::{Metrics, Refusal};
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
 use mio::net::{TcpListener, TcpStream};
@@ -20,7 +21,7 @@ use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct Config {
     pub max_conns_per_ip: usize,
     /// Close a connection that sends no complete line for this long.
     pub idle_timeout: Option<Duration>,
+    /// Where the counters go; share it to serve them (`metrics::serve`).
+    pub metrics: Arc<Metrics>,
     /// Event-loop threads; 0 means one per CPU this process may run on.
     /// A protocol with [`Protocol::ONE_LOOP`] always gets one.
     pub workers: usize,
@@ -57,6 +60,7 @@ impl Default for Config {
             access: Access::default(),
             max_conns_per_ip: 0,
             idle_timeout: None,
+            metrics: Arc::default(),
             workers: 0,
         }
     }
@@ -124,7 +128,6 @@ pub fn run<P: Protocol>(
     };
     let shared = Arc::new(Shared {
         config,
-        open: AtomicUsize::new(0),
         per_ip: Mutex::default(),
     });
     let mut loops = Vec::with_capacity(workers);
@@ -163,28 +166,28 @@ pub fn run<P: Protocol>(
 /// What every worker shares.
 struct Shared {
     config: Config,
-    open: AtomicUsize,
     /// Open connections per address, kept only with `max_conns_per_ip`.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
-    /// Counts a new connection from `ip`; the refusal line when over a limit.
-    fn admit(&self, ip: IpAddr) -> Result<(), &'static [u8]> {
+    /// Counts a new connection from `ip`, or says why it is refused.
+    fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
         let config = &self.config;
+        let open = &config.metrics.open;
         if !config.access.permits(ip) {
-            return Err(DENIED);
+            return Err(Refusal::Denied);
         }
-        if self.open.fetch_add(1, Ordering::Relaxed) >= config.max_conns {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return Err(FULL);
+        if open.fetch_add(1, Ordering::Relaxed) >= config.max_conns as u64 {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::Full);
         }
         if config.max_conns_per_ip > 0 {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_ip.entry(ip).or_default();
             if *count >= config.max_conns_per_ip {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                return Err(PER_IP);
+                open.fetch_sub(1, Ordering::Relaxed);
+                return Err(Refusal::PerIp);
             }
             *count += 1;
         }
@@ -193,7 +196,7 @@ impl Shared {
 
     /// Forgets a connection from `ip`.
     fn release(&self, ip: IpAddr) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.config.metrics.open.fetch_sub(1, Ordering::Relaxed);
         if self.config.max_conns_per_ip > 0 {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(count) = per_ip.get_mut(&ip) {
@@ -320,6 +323,8 @@ impl<P: Protocol> Worker<P> {
                 }
             }
             self.flush_dirty();
+            let counts = std::mem::take(&mut self.scratch.counts);
+            self.shared.config.metrics.add(counts);
         }
     }
 
@@ -346,13 +351,20 @@ impl<P: Protocol> Worker<P> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let shared = &self.shared;
-        if let Err(reason) = shared.admit(peer.ip()) {
-            let why = String::from_utf8_lossy(reason.strip_prefix(b"ERR ").unwrap_or(reason));
-            tracing::info!(%peer, "refused: {}", why.trim_end());
+        if let Err(why) = shared.admit(peer.ip()) {
+            shared.config.metrics.refused(why);
+            let line = match why {
+                Refusal::Full => FULL,
+                Refusal::Denied => DENIED,
+                Refusal::PerIp => PER_IP,
+            };
+            let text = String::from_utf8_lossy(&line[4..line.len() - 1]);
+            tracing::info!(%peer, "refused: {text}");
             // A fresh socket's send buffer is empty, so this does not block.
-            let _ = stream.write(reason);
+            let _ = stream.write(line);
             return;
         }
+        shared.config.metrics.accepted();
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -426,6 +438,7 @@ impl<P: Protocol> Worker<P> {
                 let Some(entry) = self.conns.get_mut(key) else {
                     continue;
                 };
+                self.scratch.counts.bytes_out += msg.len() as u64;
                 if entry.conn.deliver(msg, max_queue) {
                     self.dirty.push(key);
                 } else {
@@ -453,6 +466,7 @@ impl<P: Protocol> Worker<P> {
         let mut entry = self.conns.remove(key);
         let _ = self.poll.registry().deregister(entry.conn.stream());
         self.shared.release(entry.conn.peer().ip());
+        self.shared.config.metrics.closed(why);
         tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
         let session = entry.conn.finish();
         let mut out = self.scratch.detached(ConnId(key));

@@ -1,0 +1,190 @@
+//! Counters an operator watches, served as Prometheus text at `/metrics`.
+//!
+//! Workers count in plain per-thread fields (see `Counts`) and publish the
+//! sums here once per event-loop round, so the per-line path touches no
+//! shared memory. The endpoint is a tiny blocking HTTP server on a thread of
+//! its own: it answers `GET /metrics` and nothing else.
+
+use crate::protocol::CloseReason;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Per-worker tallies, published with [`Metrics::add`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    /// Complete lines received.
+    pub lines_in: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes of replies and messages produced for clients.
+    pub bytes_out: u64,
+}
+
+const REASONS: [CloseReason; 8] = [
+    CloseReason::Protocol,
+    CloseReason::Client,
+    CloseReason::Reset,
+    CloseReason::TooLong,
+    CloseReason::TooSlow,
+    CloseReason::Idle,
+    CloseReason::Shutdown,
+    CloseReason::Error,
+];
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// `max_conns` reached.
+    Full,
+    /// `--allow` / `--deny`.
+    Denied,
+    /// `max_conns_per_ip` reached.
+    PerIp,
+}
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections open now.
+    pub open: AtomicU64,
+    accepted: AtomicU64,
+    lines_in: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    refused: [AtomicU64; 3],
+    closed: [AtomicU64; REASONS.len()],
+}
+
+impl Metrics {
+    /// Publishes a worker's tallies.
+    pub fn add(&self, counts: Counts) {
+        self.lines_in.fetch_add(counts.lines_in, Relaxed);
+        self.bytes_in.fetch_add(counts.bytes_in, Relaxed);
+        self.bytes_out.fetch_add(counts.bytes_out, Relaxed);
+    }
+
+    /// Counts an admitted connection.
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a closed connection.
+    pub fn closed(&self, why: CloseReason) {
+        let i = REASONS.iter().position(|r| *r == why).unwrap_or(0);
+        self.closed[i].fetch_add(1, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP sockline_{name} {help}\n# TYPE sockline_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "sockline_{name}{labels} {value}");
+            }
+        };
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        metric(
+            "connections_open",
+            "gauge",
+            "Connections open now.",
+            &[("", get(&self.open))],
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Connections admitted.",
+            &[("", get(&self.accepted))],
+        );
+        metric(
+            "lines_in_total",
+            "counter",
+            "Complete lines received.",
+            &[("", get(&self.lines_in))],
+        );
+        metric(
+            "bytes_in_total",
+            "counter",
+            "Bytes read from clients.",
+            &[("", get(&self.bytes_in))],
+        );
+        metric(
+            "bytes_out_total",
+            "counter",
+            "Bytes of replies and messages produced for clients.",
+            &[("", get(&self.bytes_out))],
+        );
+        let refused = [
+            (r#"{reason="full"}"#, get(&self.refused[0])),
+            (r#"{reason="denied"}"#, get(&self.refused[1])),
+            (r#"{reason="per_ip"}"#, get(&self.refused[2])),
+        ];
+        metric(
+            "refused_total",
+            "counter",
+            "Connections refused at accept.",
+            &refused,
+        );
+        let labels: Vec<String> = REASONS
+            .iter()
+            .map(|r| format!("{{reason=\"{}\"}}", r.as_str().replace(' ', "_")))
+            .collect();
+        let closed: Vec<(&str, u64)> = labels
+            .iter()
+            .zip(&self.closed)
+            .map(|(label, count)| (label.as_str(), get(count)))
+            .collect();
+        metric(
+            "disconnects_total",
+            "counter",
+            "Connections closed, by reason.",
+            &closed,
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` from a background thread.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                // One scrape at a time; a stalled scraper times out.
+                let _ = answer(stream, &metrics);
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(mut stream: std::net::TcpStream, metrics: &Metrics) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = [0; 1024];
+    let n = stream.read(&mut head)?;
+    let (status, body) = if head[..n].starts_with(b"GET /metrics ") {
+        ("200 OK", metrics.render())
+    } else {
+        (
+            "404 Not Found",
+            "only /metrics is served here\n".to_string(),
+        )
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
