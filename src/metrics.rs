@@ -172,8 +172,15 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
 fn answer(mut stream: std::net::TcpStream, metrics: &Metrics) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    // The request line is all that matters; it may come in pieces.
     let mut head = [0; 1024];
-    let n = stream.read(&mut head)?;
+    let mut n = 0;
+    while n < head.len() && !head[..n].contains(&b'\n') {
+        match stream.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
     let (status, body) = if head[..n].starts_with(b"GET /metrics ") {
         ("200 OK", metrics.render())
     } else {

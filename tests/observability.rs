@@ -12,7 +12,8 @@ const REPLY: &[u8] = b" MSG Received\n";
 
 fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
     let mut http = connect(addr);
-    write!(http, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    http.write_all(request.as_bytes()).unwrap();
     let mut text = String::new();
     http.read_to_string(&mut text).unwrap();
     text
