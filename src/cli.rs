@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Close a connection that sends no complete line for this many seconds.
     #[arg(long, value_parser = seconds)]
     pub idle_timeout: Option<Duration>,
+    /// Lines a second one connection may send; past it the server reads
+    /// that connection more slowly (TCP backpressure), dropping nothing.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_lines_per_sec: Option<u32>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,

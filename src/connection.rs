@@ -37,6 +37,8 @@ pub struct Scratch {
     pub(crate) post: Vec<(ConnId, Message)>,
     /// Tallies for the metrics, published once per round.
     pub(crate) counts: Counts,
+    /// The line budget of the connection being driven.
+    budget: u32,
 }
 
 impl Default for Scratch {
@@ -46,6 +48,7 @@ impl Default for Scratch {
             output: Vec::with_capacity(OUTPUT_CAP + READ_CHUNK),
             post: Vec::new(),
             counts: Counts::default(),
+            budget: u32::MAX,
         }
     }
 }
@@ -109,12 +112,18 @@ pub struct Connection<S> {
     phase: Phase,
     /// Idle sweeps since the last complete line.
     idle: u32,
+    /// Lines it may still have answered before the next refill
+    /// (`u32::MAX`: no limit).
+    budget: u32,
+    /// It ran out of budget with lines waiting: no reading until a refill.
+    throttled: bool,
     session: S,
 }
 
 impl<S> Connection<S> {
     /// Wraps an accepted stream; runs the protocol's greeting.
     pub fn open<P: Protocol<Session = S>>(
+        budget: Option<u32>,
         id: ConnId,
         stream: TcpStream,
         peer: SocketAddr,
@@ -136,6 +145,8 @@ impl<S> Connection<S> {
             backlog: false,
             phase: Phase::Open,
             idle: 0,
+            budget: budget.unwrap_or(u32::MAX),
+            throttled: false,
             session,
         };
         conn.send(scratch);
@@ -173,6 +184,12 @@ impl<S> Connection<S> {
             &mut Output::new(self.id, &mut scratch.output, &mut scratch.post),
         );
         self.send(scratch);
+    }
+
+    /// Gives it `budget` more lines; true when it was waiting for them.
+    pub fn refill(&mut self, budget: u32) -> bool {
+        self.budget = budget;
+        std::mem::take(&mut self.throttled)
     }
 
     /// Counts one idle sweep; returns the sweeps since the last complete line.
@@ -234,6 +251,19 @@ impl<S> Connection<S> {
         max_line: usize,
         hup: bool,
     ) -> Status {
+        scratch.budget = self.budget;
+        let status = self.work(proto, scratch, max_line, hup);
+        self.budget = scratch.budget;
+        status
+    }
+
+    fn work<P: Protocol<Session = S>>(
+        &mut self,
+        proto: &mut P,
+        scratch: &mut Scratch,
+        max_line: usize,
+        hup: bool,
+    ) -> Status {
         let mut reads = 0;
         loop {
             match self.flush() {
@@ -242,6 +272,9 @@ impl<S> Connection<S> {
                 Err(why) => return Status::Close(why),
             }
             if self.backlog {
+                if self.throttled {
+                    return Status::Wait { want_write: false };
+                }
                 scratch.output.clear();
                 let (used, how) = answer(
                     proto,
@@ -411,6 +444,10 @@ impl<S> Connection<S> {
         match how {
             Answered::AllLines => self.backlog = false,
             Answered::OutputFull => self.backlog = true,
+            Answered::Throttled => {
+                self.backlog = true;
+                self.throttled = true;
+            }
             Answered::Close(why) => {
                 self.phase = Phase::Closing(why);
                 self.backlog = false;
@@ -464,6 +501,8 @@ enum Answered {
     AllLines,
     /// Stopped early because enough replies are waiting.
     OutputFull,
+    /// Stopped early: the connection's line budget is spent.
+    Throttled,
     /// The connection must close after the replies written so far.
     Close(CloseReason),
 }
@@ -481,7 +520,7 @@ fn answer<P: Protocol>(
 ) -> (usize, Answered) {
     let out = &mut scratch.output;
     let mut pos = 0;
-    while out.len() < OUTPUT_CAP {
+    while out.len() < OUTPUT_CAP && scratch.budget > 0 {
         let rest = &data[pos..];
         let Some((line, used)) = split_line(rest) else {
             // Allow one byte over for a `\r` whose `\n` has not arrived.
@@ -496,16 +535,21 @@ fn answer<P: Protocol>(
         }
         tracing::debug!("Client {peer}: {}", String::from_utf8_lossy(line));
         scratch.counts.lines_in += 1;
+        if scratch.budget != u32::MAX {
+            scratch.budget -= 1;
+        }
         let mut output = Output::new(id, out, &mut scratch.post);
         if proto.line(session, line, &mut output) == Flow::Close {
             return (pos, Answered::Close(CloseReason::Protocol));
         }
     }
     let complete = memchr::memchr(b'\n', &data[pos..]).is_some();
-    let how = if complete {
-        Answered::OutputFull
-    } else {
+    let how = if !complete {
         Answered::AllLines
+    } else if scratch.budget == 0 {
+        Answered::Throttled
+    } else {
+        Answered::OutputFull
     };
     (pos, how)
 }

@@ -55,6 +55,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         max_conns_per_ip: args.max_conns_per_ip,
         idle_timeout: args.idle_timeout.filter(|t| !t.is_zero()),
+        max_lines_per_sec: args.max_lines_per_sec,
         max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
         metrics: Default::default(),
     };

@@ -43,6 +43,9 @@ pub struct Config {
     pub max_conns_per_ip: usize,
     /// Close a connection that sends no complete line for this long.
     pub idle_timeout: Option<Duration>,
+    /// Lines a second one connection may have answered; past it the server
+    /// reads that connection more slowly (TCP backpressure).
+    pub max_lines_per_sec: Option<u32>,
     /// Where the counters go; share it to serve them (`metrics::serve`).
     pub metrics: Arc<Metrics>,
     /// Event-loop threads; 0 means one per CPU this process may run on.
@@ -60,6 +63,7 @@ impl Default for Config {
             access: Access::default(),
             max_conns_per_ip: 0,
             idle_timeout: None,
+            max_lines_per_sec: None,
             metrics: Arc::default(),
             workers: 0,
         }
@@ -261,11 +265,7 @@ impl<P: Protocol> Worker<P> {
     fn run(mut self, shutdown: Shutdown) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut deadline = None;
-        let sweep = self.shared.config.idle_timeout.map(|timeout| {
-            let every = (timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            let limit = (timeout.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
-            (every, limit, idle_notice(timeout))
-        });
+        let sweep = Sweep::new(&self.shared.config);
         loop {
             if deadline.is_none() && shutdown.is_triggered() {
                 deadline = Some(Instant::now() + self.shared.config.drain_timeout);
@@ -277,11 +277,11 @@ impl<P: Protocol> Worker<P> {
                 self.close_all(CloseReason::Shutdown);
                 return Ok(());
             }
-            if let Some((every, limit, notice)) = &sweep {
+            if let Some(sweep) = &sweep {
                 let now = Instant::now();
                 if self.sweep_at.is_none_or(|at| now >= at) {
-                    self.sweep_at = Some(now + *every);
-                    self.close_idle(*limit, notice);
+                    self.sweep_at = Some(now + sweep.every);
+                    self.sweep(sweep);
                 }
             }
             let wake = [self.accept_at, deadline, self.sweep_at]
@@ -378,7 +378,9 @@ impl<P: Protocol> Worker<P> {
             return;
         }
         tracing::info!(%peer, "connection opened");
+        let budget = Sweep::new(&shared.config).and_then(|sweep| sweep.budget);
         let conn = Connection::open(
+            budget,
             ConnId(key),
             stream,
             peer,
@@ -473,20 +475,32 @@ impl<P: Protocol> Worker<P> {
         self.proto.close(session, why, &mut out);
     }
 
-    /// Ends, with `notice`, each connection that sent no complete line in
-    /// the last `limit` sweeps.
-    fn close_idle(&mut self, limit: u32, notice: &[u8]) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter_mut()
-            .filter_map(|(key, entry)| (entry.conn.idle_sweep() > limit).then_some(key))
-            .collect();
-        for key in idle {
-            let entry = &mut self.conns[key];
-            let status = entry
-                .conn
-                .end_with(notice, CloseReason::Idle, &mut self.scratch);
-            self.settle(key, status);
+    /// The periodic chores: refill line budgets (waking the connections
+    /// that waited for one), and end, with a notice, each connection that
+    /// sent no complete line for `idle_timeout`.
+    fn sweep(&mut self, sweep: &Sweep) {
+        let mut idle = Vec::new();
+        for (key, entry) in self.conns.iter_mut() {
+            if let Some(budget) = sweep.budget
+                && entry.conn.refill(budget)
+            {
+                // It stopped reading mid-stream: read until the socket is dry.
+                self.ready.push((key, true));
+            }
+            if let Some((limit, _)) = &sweep.idle
+                && entry.conn.idle_sweep() > *limit
+            {
+                idle.push(key);
+            }
+        }
+        if let Some((_, notice)) = &sweep.idle {
+            for key in idle {
+                let entry = &mut self.conns[key];
+                let status = entry
+                    .conn
+                    .end_with(notice, CloseReason::Idle, &mut self.scratch);
+                self.settle(key, status);
+            }
         }
         self.deliver_post();
     }
@@ -520,6 +534,38 @@ impl<P: Protocol> Worker<P> {
             }
         }
         self.scratch.post.clear();
+    }
+}
+
+/// What the periodic sweep does, and how often.
+struct Sweep {
+    every: Duration,
+    /// Sweeps without a line before a connection is idle, and its notice.
+    idle: Option<(u32, Vec<u8>)>,
+    /// Lines per connection per sweep.
+    budget: Option<u32>,
+}
+
+impl Sweep {
+    fn new(config: &Config) -> Option<Sweep> {
+        let second = Duration::from_secs(1);
+        let every = match (config.idle_timeout, config.max_lines_per_sec) {
+            (None, None) => return None,
+            (Some(t), _) => (t / 2).clamp(Duration::from_millis(10), second),
+            (None, Some(_)) => second,
+        };
+        let idle = config.idle_timeout.map(|t| {
+            let limit = (t.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
+            (limit, idle_notice(t))
+        });
+        let budget = config
+            .max_lines_per_sec
+            .map(|rate| ((rate as f64 * every.as_secs_f64()).ceil() as u32).max(1));
+        Some(Sweep {
+            every,
+            idle,
+            budget,
+        })
     }
 }
 

@@ -135,3 +135,29 @@ fn a_silent_or_slowloris_connection_is_closed_with_a_notice() {
     send(&mut talker, b"hi\n");
     assert_eq!(read_n(&mut talker, REPLY.len()), REPLY);
 }
+
+#[test]
+fn a_fast_sender_is_read_more_slowly_and_loses_nothing() {
+    let config = Config {
+        max_lines_per_sec: Some(50),
+        ..Config::default()
+    };
+    let server = start(sockline::mode::Echo, config);
+    let mut fast = connect(server.addr);
+    let mut other = connect(server.addr);
+    let lines: Vec<u8> = (0..150)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let started = Instant::now();
+    send(&mut fast, &lines);
+    // Another client is not slowed by it.
+    send(&mut other, b"hello\n");
+    assert_eq!(read_n(&mut other, 6), b"hello\n");
+    // All 150 come back, in order, at 50 a second: two refills at least.
+    assert_eq!(read_n(&mut fast, lines.len()), lines);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "150 lines at 50/s answered in {:?}",
+        started.elapsed()
+    );
+}
