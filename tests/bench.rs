@@ -176,10 +176,7 @@ fn rr_counts_a_connection_closed_early_and_goes_on() {
 
 #[test]
 fn refused_connection_is_a_one_line_error() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, addr) = common::refusing_addr();
     let opts = options(addr);
     let e = within(30, move || bench::run(&opts).unwrap_err());
     let message = e.to_string();
@@ -355,10 +352,7 @@ fn cli_rejects_plot_without_sweep() {
 
 #[test]
 fn cli_connect_error_is_one_line() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_held, addr) = common::refusing_addr();
     let out = within(30, move || {
         Command::new(common::bin())
             .args(["bench", &addr.to_string(), "--requests", "10"])

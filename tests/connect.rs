@@ -148,7 +148,8 @@ fn stdin_eof_half_closes_and_prints_the_rest() {
 
 #[test]
 fn refused_connection_is_one_line_and_exit_1() {
-    let port = common::free_port();
+    let (_held, addr) = common::refusing_addr();
+    let port = addr.port();
     let done = run(&format!("127.0.0.1:{port}"), "");
     assert_eq!(done.status.code(), Some(1), "stderr: {}", done.stderr);
     assert_eq!(done.stderr.lines().count(), 1, "stderr: {}", done.stderr);

@@ -213,6 +213,20 @@ pub fn run(command: &mut Command, input: &str, deadline: Duration) -> Finished {
     }
 }
 
+/// An address where nothing listens, held so nothing else takes it: a
+/// socket bound but not listening, so connecting is refused, and its port
+/// cannot be picked as another socket's source port (a TCP self-connect).
+/// Keep the returned socket alive while the address is used.
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (nothing listens on it).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
