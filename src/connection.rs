@@ -276,17 +276,7 @@ impl<S> Connection<S> {
                     return Status::Wait { want_write: false };
                 }
                 scratch.output.clear();
-                let (used, how) = answer(
-                    proto,
-                    self.id,
-                    &mut self.session,
-                    self.peer,
-                    &self.input,
-                    scratch,
-                    max_line,
-                );
-                self.input.drain(..used);
-                self.after_answer(how, used);
+                self.answer_buffered(proto, scratch, max_line);
                 self.send(scratch);
                 continue;
             }
@@ -419,22 +409,32 @@ impl<S> Connection<S> {
             scratch.input = input;
         } else {
             self.input.extend_from_slice(&scratch.input[..n]);
-            let (used, how) = answer(
-                proto,
-                self.id,
-                &mut self.session,
-                self.peer,
-                &self.input,
-                scratch,
-                max_line,
-            );
-            self.input.drain(..used);
-            self.after_answer(how, used);
+            self.answer_buffered(proto, scratch, max_line);
         }
         if self.input.is_empty() {
             self.input = Vec::new();
         }
         self.send(scratch);
+    }
+
+    /// Answers the complete lines in the connection's own buffer.
+    fn answer_buffered<P: Protocol<Session = S>>(
+        &mut self,
+        proto: &mut P,
+        scratch: &mut Scratch,
+        max_line: usize,
+    ) {
+        let (used, how) = answer(
+            proto,
+            self.id,
+            &mut self.session,
+            self.peer,
+            &self.input,
+            scratch,
+            max_line,
+        );
+        self.input.drain(..used);
+        self.after_answer(how, used);
     }
 
     fn after_answer(&mut self, how: Answered, used: usize) {
