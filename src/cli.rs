@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Line-oriented TCP messaging: a server for thousands of clients, an
@@ -57,6 +58,26 @@ pub struct ServeArgs {
     /// that connection more slowly (TCP backpressure), dropping nothing.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_lines_per_sec: Option<u32>,
+    /// Close a connection whose pending replies the client takes none of
+    /// for this many seconds (it does not read); 0 turns this off.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub write_timeout: Duration,
+    /// Speak TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Speak TLS with a throwaway self-signed certificate; its SHA-256
+    /// fingerprint is printed at start (for `connect --pin`).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Seconds a client has to finish its TLS handshake.
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    pub tls_handshake_timeout: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -108,6 +129,38 @@ pub struct ConnectArgs {
     /// Seconds to wait for connecting, and for the server to close after BYE.
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub timeout: Duration,
+    /// Speak TLS (the server's certificate is checked against the public
+    /// roots, --ca, or --pin).
+    #[arg(long)]
+    pub tls: bool,
+    /// Trust the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// Accept only the server certificate with this SHA-256 fingerprint
+    /// (as `serve --tls-self-signed` prints it).
+    #[arg(long, value_name = "SHA256", requires = "tls", conflicts_with = "ca")]
+    pub pin: Option<String>,
+    /// Accept any server certificate: encrypted, but not authenticated.
+    #[arg(long, requires = "tls", conflicts_with_all = ["ca", "pin"])]
+    pub insecure: bool,
+    /// Present this client certificate chain (PEM); needs --key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) for --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The TLS settings, if --tls.
+    pub fn tls(&self) -> Option<sockline::tls::ClientTls> {
+        self.tls.then(|| sockline::tls::ClientTls {
+            ca: self.ca.clone(),
+            pin: self.pin.clone(),
+            insecure: self.insecure,
+            identity: self.cert.clone().zip(self.key.clone()),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -18,11 +18,11 @@
 mod tty;
 
 use crate::mode::is_bye;
+use crate::tls::ClientTls;
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time;
 use tty::Terminal;
@@ -36,19 +36,23 @@ const CHUNK: usize = 16 * 1024;
 /// reading; dropped at EOF.
 type LineSender = mpsc::Sender<io::Result<Vec<u8>>>;
 
+/// The connection: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Connects to `addr` (`HOST:PORT`) and runs an interactive session: every
 /// stdin line is sent, every byte from the server is printed.
 ///
-/// `timeout` bounds connecting and, after the user sends `BYE`, the wait for
-/// the server to close. Returns `Ok` after `BYE`, after stdin EOF once the
+/// `timeout` bounds connecting (and the TLS handshake, with `tls`) and,
+/// after the user sends `BYE`, the wait for the server to close. Returns `Ok` after `BYE`, after stdin EOF once the
 /// server has closed, when stdout is closed, or (in a terminal) on Ctrl-C;
 /// an error if connecting fails or the server ends the session first.
-pub fn run(addr: &str, timeout: Duration) -> io::Result<()> {
+pub fn run(addr: &str, timeout: Duration, tls: Option<&ClientTls>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = None;
-    let result = runtime.block_on(session(addr, timeout, &mut terminal));
+    let result = runtime.block_on(session(addr, timeout, tls, &mut terminal));
     // Do not wait for a name lookup still blocked in the background.
     runtime.shutdown_background();
     if let Some(terminal) = terminal {
@@ -75,8 +79,17 @@ enum Printed {
 
 /// Connects, starts reading stdin (with the line editor if stdin and stdout
 /// are a terminal: then `terminal` is set, for [`run`] to finish) and talks.
-async fn session(addr: &str, timeout: Duration, terminal: &mut Option<Terminal>) -> io::Result<()> {
-    let mut stream = connect(addr, timeout).await?;
+async fn session(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+    terminal: &mut Option<Terminal>,
+) -> io::Result<()> {
+    let tcp = connect(addr, timeout).await?;
+    let stream: Box<dyn Stream> = match tls {
+        Some(tls) => Box::new(handshake(tcp, addr, tls, timeout).await?),
+        None => Box::new(tcp),
+    };
     let (lines_tx, mut lines) = mpsc::channel(LINES_AHEAD);
     let terminal = match tty::editor() {
         Some((editor, printer)) => {
@@ -88,7 +101,7 @@ async fn session(addr: &str, timeout: Duration, terminal: &mut Option<Terminal>)
         }
     };
     let printer = terminal.as_ref().map(|terminal| terminal.printer());
-    let (mut from_server, mut to_server) = stream.split();
+    let (mut from_server, mut to_server) = tokio::io::split(stream);
     let printing = async {
         match &printer {
             Some(printer) => tty::print_lines(&mut from_server, printer).await,
@@ -114,7 +127,7 @@ async fn session(addr: &str, timeout: Duration, terminal: &mut Option<Terminal>)
 async fn talk(
     printing: impl Future<Output = io::Result<Printed>>,
     lines: &mut mpsc::Receiver<io::Result<Vec<u8>>>,
-    to_server: &mut WriteHalf<'_>,
+    to_server: &mut (impl AsyncWrite + Unpin),
     timeout: Duration,
 ) -> io::Result<()> {
     tokio::pin!(printing);
@@ -178,9 +191,27 @@ async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
         })
 }
 
+/// Runs the TLS handshake on `tcp`, within `timeout`.
+async fn handshake(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = crate::tls::client_config(tls)?;
+    let name = crate::tls::server_name(addr)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let failed = |why: String| io::Error::other(format!("TLS handshake with {addr} failed: {why}"));
+    match time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(failed(describe(&e))),
+        Err(_elapsed) => Err(failed(format!("no answer in {} s", timeout.as_secs_f64()))),
+    }
+}
+
 /// Copies the server's bytes to stdout, flushing each chunk, until the
 /// server closes or stdout does.
-async fn print_replies(from: &mut ReadHalf<'_>) -> io::Result<Printed> {
+async fn print_replies(from: &mut (impl AsyncRead + Unpin)) -> io::Result<Printed> {
     let mut buf = vec![0; CHUNK];
     loop {
         let n = from.read(&mut buf).await.map_err(session_error)?;
@@ -205,7 +236,7 @@ async fn print_replies(from: &mut ReadHalf<'_>) -> io::Result<Printed> {
 /// write half so the server sees the end too).
 async fn send_lines(
     lines: &mut mpsc::Receiver<io::Result<Vec<u8>>>,
-    to: &mut WriteHalf<'_>,
+    to: &mut (impl AsyncWrite + Unpin),
 ) -> io::Result<Sent> {
     while let Some(line) = lines.recv().await {
         let line = line?;

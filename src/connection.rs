@@ -15,10 +15,11 @@
 
 use crate::metrics::Counts;
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
+use crate::transport::Transport;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown as HalfClose, SocketAddr};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 
 /// Bytes read per `read` call.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -99,7 +100,7 @@ struct Mail {
 /// A client connection.
 pub struct Connection<S> {
     id: ConnId,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     /// A partial line, or lines not yet answered because the output was full.
     input: Vec<u8>,
@@ -117,24 +118,26 @@ pub struct Connection<S> {
     budget: u32,
     /// It ran out of budget with lines waiting: no reading until a refill.
     throttled: bool,
-    session: S,
+    /// Bytes left for the client since the last sweep.
+    wrote: bool,
+    /// Sweeps in a row with bytes pending and none taken by the socket.
+    stalled: u32,
+    /// `None` until a TLS handshake is done: the protocol opens the
+    /// session only for a client it can talk to.
+    session: Option<S>,
 }
 
 impl<S> Connection<S> {
-    /// Wraps an accepted stream; runs the protocol's greeting.
+    /// Wraps an accepted stream; runs the protocol's greeting (for TLS,
+    /// once the handshake is done).
     pub fn open<P: Protocol<Session = S>>(
         budget: Option<u32>,
         id: ConnId,
-        stream: TcpStream,
+        stream: Transport,
         peer: SocketAddr,
         proto: &mut P,
         scratch: &mut Scratch,
     ) -> Self {
-        scratch.output.clear();
-        let session = proto.open(
-            peer,
-            &mut Output::new(id, &mut scratch.output, &mut scratch.post),
-        );
         let mut conn = Connection {
             id,
             stream,
@@ -147,10 +150,28 @@ impl<S> Connection<S> {
             idle: 0,
             budget: budget.unwrap_or(u32::MAX),
             throttled: false,
-            session,
+            wrote: false,
+            stalled: 0,
+            session: None,
         };
-        conn.send(scratch);
+        conn.greet(proto, scratch);
         conn
+    }
+
+    /// Opens the protocol's session once the stream is ready for it.
+    fn greet<P: Protocol<Session = S>>(&mut self, proto: &mut P, scratch: &mut Scratch) {
+        if self.session.is_some() || self.stream.handshaking() {
+            return;
+        }
+        scratch.output.clear();
+        let out = &mut Output::new(self.id, &mut scratch.output, &mut scratch.post);
+        self.session = Some(proto.open(self.peer, out));
+        self.send(scratch);
+    }
+
+    /// True while a TLS handshake is under way.
+    pub fn handshaking(&self) -> bool {
+        self.stream.handshaking()
     }
 
     /// The client's address.
@@ -160,13 +181,13 @@ impl<S> Connection<S> {
 
     /// The socket, for (re)registration with the event loop.
     pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
+        self.stream.tcp()
     }
 
     /// Ends the connection: half-closes so replies are followed by a FIN,
-    /// and hands back the session.
-    pub fn finish(self) -> S {
-        let _ = self.stream.shutdown(HalfClose::Write);
+    /// and hands back the session (none if a TLS handshake never finished).
+    pub fn finish(mut self) -> Option<S> {
+        self.stream.shutdown_write();
         self.session
     }
 
@@ -178,9 +199,12 @@ impl<S> Connection<S> {
             return;
         }
         self.phase = Phase::Draining(CloseReason::Shutdown);
+        let Some(session) = &mut self.session else {
+            return;
+        };
         scratch.output.clear();
         proto.shutdown(
-            &mut self.session,
+            session,
             &mut Output::new(self.id, &mut scratch.output, &mut scratch.post),
         );
         self.send(scratch);
@@ -192,10 +216,14 @@ impl<S> Connection<S> {
         std::mem::take(&mut self.throttled)
     }
 
-    /// Counts one idle sweep; returns the sweeps since the last complete line.
-    pub fn idle_sweep(&mut self) -> u32 {
+    /// Counts one sweep; returns the sweeps since the last complete line,
+    /// and the sweeps in a row in which pending bytes did not move at all
+    /// (a client that does not read).
+    pub fn sweep(&mut self) -> (u32, u32) {
         self.idle += 1;
-        self.idle
+        let stuck = self.has_pending() && !std::mem::take(&mut self.wrote);
+        self.stalled = if stuck { self.stalled + 1 } else { 0 };
+        (self.idle, self.stalled)
     }
 
     /// Closes the connection with a last line of the server's own (e.g. an
@@ -290,7 +318,9 @@ impl<S> Connection<S> {
                 return Status::Yield;
             }
             reads += 1;
-            match self.stream.read(&mut scratch.input) {
+            let read = self.stream.read(&mut scratch.input);
+            self.greet(proto, scratch);
+            match read {
                 Ok(0) => {
                     // EOF: an unterminated last line is answered like any other.
                     self.phase = Phase::Draining(CloseReason::Client);
@@ -302,7 +332,8 @@ impl<S> Connection<S> {
                 Ok(n) => {
                     scratch.counts.bytes_in += n as u64;
                     self.receive(proto, scratch, n, max_line);
-                    if !hup && n < scratch.input.len() && !self.has_pending() && !self.backlog {
+                    let dry = n < scratch.input.len() && !self.stream.is_tls();
+                    if !hup && dry && !self.has_pending() && !self.backlog {
                         // A short read drained the socket; epoll will tell us
                         // when more arrives, so skip the read that would fail.
                         return match self.phase {
@@ -312,22 +343,42 @@ impl<S> Connection<S> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Status::Wait { want_write: false };
+                    return Status::Wait {
+                        want_write: self.has_pending(),
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Status::Close(error_reason(&e)),
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        tracing::info!(peer = %self.peer, "TLS: {e}");
+                    }
+                    return Status::Close(error_reason(&e));
+                }
             }
         }
     }
 
     fn has_pending(&self) -> bool {
+        self.has_unwritten() || self.stream.tls_pending()
+    }
+
+    /// Replies or messages not yet handed to the transport.
+    fn has_unwritten(&self) -> bool {
         !self.output.is_empty() || self.mail.as_ref().is_some_and(|m| m.bytes > 0)
     }
 
     /// Writes pending replies, then queued messages, in as few vectored
     /// writes as the socket takes. True when nothing is left.
     fn flush(&mut self) -> Result<bool, CloseReason> {
-        while self.has_pending() {
+        loop {
+            match self.stream.flush_tls() {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) => return Err(error_reason(&e)),
+            }
+            if !self.has_unwritten() {
+                return Ok(true);
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
             if !self.output.is_empty() {
@@ -354,11 +405,11 @@ impl<S> Connection<S> {
             };
             self.consume(written);
         }
-        Ok(true)
     }
 
     /// Drops `n` written bytes from the front of output, then mail.
     fn consume(&mut self, mut n: usize) {
+        self.wrote |= n > 0;
         let from_output = n.min(self.output.len());
         self.output.drain(..from_output);
         if self.output.is_empty() {
@@ -396,7 +447,7 @@ impl<S> Connection<S> {
             let (used, how) = answer(
                 proto,
                 self.id,
-                &mut self.session,
+                self.session.as_mut(),
                 self.peer,
                 data,
                 scratch,
@@ -427,7 +478,7 @@ impl<S> Connection<S> {
         let (used, how) = answer(
             proto,
             self.id,
-            &mut self.session,
+            self.session.as_mut(),
             self.peer,
             &self.input,
             scratch,
@@ -482,6 +533,7 @@ impl<S> Connection<S> {
                 Err(_) => break 0,
             }
         };
+        self.wrote |= written > 0;
         self.output.extend_from_slice(&out[written..]);
     }
 }
@@ -512,12 +564,16 @@ enum Answered {
 fn answer<P: Protocol>(
     proto: &mut P,
     id: ConnId,
-    session: &mut P::Session,
+    session: Option<&mut P::Session>,
     peer: SocketAddr,
     data: &[u8],
     scratch: &mut Scratch,
     max_line: usize,
 ) -> (usize, Answered) {
+    // Lines come only after a TLS handshake, which opens the session.
+    let Some(session) = session else {
+        return (data.len(), Answered::Close(CloseReason::Error));
+    };
     let out = &mut scratch.output;
     let mut pos = 0;
     while out.len() < OUTPUT_CAP && scratch.budget > 0 {
@@ -562,6 +618,8 @@ fn too_long(out: &mut Vec<u8>, max_line: usize) -> Answered {
 fn error_reason(e: &io::Error) -> CloseReason {
     match e.kind() {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+        // Only TLS reports bad data.
+        io::ErrorKind::InvalidData => CloseReason::Tls,
         _ => CloseReason::Error,
     }
 }
@@ -574,7 +632,15 @@ mod tests {
     fn lines(data: &[u8], max: usize) -> (Vec<u8>, usize, Answered) {
         let mut scratch = Scratch::default();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let (used, how) = answer(&mut Echo, ConnId(0), &mut (), peer, data, &mut scratch, max);
+        let (used, how) = answer(
+            &mut Echo,
+            ConnId(0),
+            Some(&mut ()),
+            peer,
+            data,
+            &mut scratch,
+            max,
+        );
         (scratch.output, used, how)
     }
 

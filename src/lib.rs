@@ -45,6 +45,8 @@ pub mod mode;
 pub mod protocol;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
+pub mod transport;
 
 pub use protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 pub use server::Config;

@@ -8,13 +8,15 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat, Mode, ServeArgs};
 use sockline::{Config, Shutdown, mode, server};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Connect(args) => {
-            sockline::client::run(&args.addr, args.timeout).map_err(anyhow::Error::from)
+            sockline::client::run(&args.addr, args.timeout, args.tls().as_ref())
+                .map_err(anyhow::Error::from)
         }
         Command::Bench(args) => sockline::bench::command(
             &args.options(),
@@ -44,6 +46,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     shutdown
         .trigger_on_signals()
         .context("cannot install signal handlers")?;
+    let tls = tls_config(&args)?;
     let config = Config {
         max_line: usize::try_from(args.max_line).unwrap_or(usize::MAX),
         max_conns: args.max_conns,
@@ -58,6 +61,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         max_lines_per_sec: args.max_lines_per_sec,
         max_queue: usize::try_from(args.max_queue).unwrap_or(usize::MAX),
         metrics: Default::default(),
+        tls,
+        handshake_timeout: args.tls_handshake_timeout,
+        write_timeout: Some(args.write_timeout).filter(|t| !t.is_zero()),
     };
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
@@ -77,6 +83,31 @@ fn serve(args: ServeArgs) -> Result<()> {
         Mode::Chat => server::run(listener, mode::Chat::new(args.history), config, shutdown),
     }
     .context("server failed")
+}
+
+/// The server's TLS config from the --tls-* flags, if any.
+fn tls_config(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    use sockline::tls;
+    let client_ca = args.tls_client_ca.as_deref();
+    let config = if args.tls_self_signed {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        if !args.listen.ip().is_unspecified() {
+            names.push(args.listen.ip().to_string());
+        }
+        let made = tls::self_signed(names)?;
+        eprintln!(
+            "sockline: TLS with a self-signed certificate, SHA-256 fingerprint {}",
+            tls::fingerprint(&made.cert)
+        );
+        tls::server_config(vec![made.cert], made.key, client_ca)?
+    } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls::server_config(tls::load_certs(cert)?, tls::load_key(key)?, client_ca)?
+    } else if client_ca.is_some() {
+        anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key, or --tls-self-signed");
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(config))
 }
 
 fn init_logging(quiet: bool, verbose: bool, format: LogFormat) {

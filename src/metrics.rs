@@ -24,7 +24,7 @@ pub struct Counts {
     pub bytes_out: u64,
 }
 
-const REASONS: [CloseReason; 8] = [
+const REASONS: [CloseReason; 10] = [
     CloseReason::Protocol,
     CloseReason::Client,
     CloseReason::Reset,
@@ -33,6 +33,8 @@ const REASONS: [CloseReason; 8] = [
     CloseReason::Idle,
     CloseReason::Shutdown,
     CloseReason::Error,
+    CloseReason::Tls,
+    CloseReason::Handshake,
 ];
 
 /// Why a connection was refused at accept.
@@ -139,7 +141,12 @@ impl Metrics {
         );
         let labels: Vec<String> = REASONS
             .iter()
-            .map(|r| format!("{{reason=\"{}\"}}", r.as_str().replace(' ', "_")))
+            .map(|r| {
+                format!(
+                    "{{reason=\"{}\"}}",
+                    r.as_str().to_lowercase().replace(' ', "_")
+                )
+            })
             .collect();
         let closed: Vec<(&str, u64)> = labels
             .iter()

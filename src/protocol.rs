@@ -37,11 +37,12 @@ pub enum CloseReason {
     Protocol,
     /// The client closed its side.
     Client,
-    /// The connection was reset (or the client stopped reading for good).
+    /// The connection was reset.
     Reset,
     /// Its line was longer than `max_line`.
     TooLong,
-    /// Its queue of undelivered messages outgrew `max_queue`.
+    /// Its queue of undelivered messages outgrew `max_queue`, or it took
+    /// none of its pending bytes for `write_timeout`.
     TooSlow,
     /// It sent no complete line for `idle_timeout`.
     Idle,
@@ -49,6 +50,10 @@ pub enum CloseReason {
     Shutdown,
     /// A socket error.
     Error,
+    /// The TLS handshake failed, or a TLS record was bad.
+    Tls,
+    /// The TLS handshake did not finish within its timeout.
+    Handshake,
 }
 
 impl CloseReason {
@@ -63,6 +68,8 @@ impl CloseReason {
             CloseReason::Idle => "idle timeout",
             CloseReason::Shutdown => "server shutdown",
             CloseReason::Error => "connection error",
+            CloseReason::Tls => "TLS error",
+            CloseReason::Handshake => "TLS handshake timeout",
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::connection::{Connection, Scratch, Status};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
+use crate::transport::Transport;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -51,6 +52,13 @@ pub struct Config {
     /// Event-loop threads; 0 means one per CPU this process may run on.
     /// A protocol with [`Protocol::ONE_LOOP`] always gets one.
     pub workers: usize,
+    /// Speak TLS with this config; `None` is plain TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// A TLS handshake not done by then is dropped.
+    pub handshake_timeout: Duration,
+    /// Close a connection whose pending bytes the client took none of for
+    /// this long (it does not read).
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -66,6 +74,9 @@ impl Default for Config {
             max_lines_per_sec: None,
             metrics: Arc::default(),
             workers: 0,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -227,8 +238,10 @@ struct Worker<P: Protocol> {
     ready: Vec<(usize, bool)>,
     /// Accepting is paused until then (out of file descriptors).
     accept_at: Option<Instant>,
-    /// The next idle sweep, with `idle_timeout`.
+    /// The next sweep (timeouts and line budgets).
     sweep_at: Option<Instant>,
+    /// Lines each connection may have answered per sweep.
+    budget: Option<u32>,
 }
 
 struct Entry<S> {
@@ -248,6 +261,7 @@ impl<P: Protocol> Worker<P> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         shutdown.watch(Arc::new(Waker::new(poll.registry(), WAKER)?));
+        let budget = Sweep::new(&shared.config).and_then(|sweep| sweep.budget);
         Ok(Worker {
             poll,
             listener: Some(listener),
@@ -259,6 +273,7 @@ impl<P: Protocol> Worker<P> {
             ready: Vec::new(),
             accept_at: None,
             sweep_at: None,
+            budget,
         })
     }
 
@@ -368,19 +383,25 @@ impl<P: Protocol> Worker<P> {
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self
+        let registered = self
             .poll
             .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)
-        {
-            tracing::warn!(%peer, "cannot watch connection: {e}");
-            shared.release(peer.ip());
-            return;
-        }
+            .register(&mut stream, Token(key), Interest::READABLE);
+        let transport = registered.and_then(|()| match &shared.config.tls {
+            Some(tls) => Transport::tls(stream, tls.clone()),
+            None => Ok(Transport::Plain(stream)),
+        });
+        let stream = match transport {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot serve connection: {e}");
+                shared.release(peer.ip());
+                return;
+            }
+        };
         tracing::info!(%peer, "connection opened");
-        let budget = Sweep::new(&shared.config).and_then(|sweep| sweep.budget);
         let conn = Connection::open(
-            budget,
+            self.budget,
             ConnId(key),
             stream,
             peer,
@@ -470,16 +491,20 @@ impl<P: Protocol> Worker<P> {
         self.shared.release(entry.conn.peer().ip());
         self.shared.config.metrics.closed(why);
         tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
-        let session = entry.conn.finish();
-        let mut out = self.scratch.detached(ConnId(key));
-        self.proto.close(session, why, &mut out);
+        // No session: a TLS handshake that never finished; nobody knew it.
+        if let Some(session) = entry.conn.finish() {
+            let mut out = self.scratch.detached(ConnId(key));
+            self.proto.close(session, why, &mut out);
+        }
     }
 
     /// The periodic chores: refill line budgets (waking the connections
-    /// that waited for one), and end, with a notice, each connection that
-    /// sent no complete line for `idle_timeout`.
+    /// that waited for one), and end each connection past a timeout: no
+    /// complete line for `idle_timeout` (with a notice), a TLS handshake
+    /// not done in `handshake_timeout`, or pending bytes the client took
+    /// none of for `write_timeout`.
     fn sweep(&mut self, sweep: &Sweep) {
-        let mut idle = Vec::new();
+        let mut ends = Vec::new();
         for (key, entry) in self.conns.iter_mut() {
             if let Some(budget) = sweep.budget
                 && entry.conn.refill(budget)
@@ -487,19 +512,25 @@ impl<P: Protocol> Worker<P> {
                 // It stopped reading mid-stream: read until the socket is dry.
                 self.ready.push((key, true));
             }
-            if let Some((limit, _)) = &sweep.idle
-                && entry.conn.idle_sweep() > *limit
-            {
-                idle.push(key);
+            let (idle, stalled) = entry.conn.sweep();
+            let past = |limit: Option<u32>, n: u32| limit.is_some_and(|limit| n > limit);
+            if entry.conn.handshaking() && past(sweep.handshake, idle) {
+                ends.push((key, CloseReason::Handshake));
+            } else if past(sweep.idle.as_ref().map(|(limit, _)| *limit), idle) {
+                ends.push((key, CloseReason::Idle));
+            } else if past(sweep.stall, stalled) {
+                ends.push((key, CloseReason::TooSlow));
             }
         }
-        if let Some((_, notice)) = &sweep.idle {
-            for key in idle {
-                let entry = &mut self.conns[key];
-                let status = entry
-                    .conn
-                    .end_with(notice, CloseReason::Idle, &mut self.scratch);
-                self.settle(key, status);
+        for (key, why) in ends {
+            match (&sweep.idle, why) {
+                (Some((_, notice)), CloseReason::Idle) => {
+                    let entry = &mut self.conns[key];
+                    let status = entry.conn.end_with(notice, why, &mut self.scratch);
+                    self.settle(key, status);
+                }
+                // It is not listening, or cannot read us yet: just close.
+                _ => self.close(key, why),
             }
         }
         self.deliver_post();
@@ -542,6 +573,10 @@ struct Sweep {
     every: Duration,
     /// Sweeps without a line before a connection is idle, and its notice.
     idle: Option<(u32, Vec<u8>)>,
+    /// Sweeps a TLS handshake may take.
+    handshake: Option<u32>,
+    /// Sweeps in a row a connection may leave its pending bytes untaken.
+    stall: Option<u32>,
     /// Lines per connection per sweep.
     budget: Option<u32>,
 }
@@ -549,21 +584,22 @@ struct Sweep {
 impl Sweep {
     fn new(config: &Config) -> Option<Sweep> {
         let second = Duration::from_secs(1);
-        let every = match (config.idle_timeout, config.max_lines_per_sec) {
+        let handshake = config.tls.as_ref().map(|_| config.handshake_timeout);
+        let timeouts = [config.idle_timeout, handshake, config.write_timeout];
+        let every = match (timeouts.iter().flatten().min(), config.max_lines_per_sec) {
             (None, None) => return None,
-            (Some(t), _) => (t / 2).clamp(Duration::from_millis(10), second),
+            (Some(t), _) => (*t / 2).clamp(Duration::from_millis(10), second),
             (None, Some(_)) => second,
         };
-        let idle = config.idle_timeout.map(|t| {
-            let limit = (t.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
-            (limit, idle_notice(t))
-        });
+        let sweeps = |t: Duration| (t.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
         let budget = config
             .max_lines_per_sec
             .map(|rate| ((rate as f64 * every.as_secs_f64()).ceil() as u32).max(1));
         Some(Sweep {
             every,
-            idle,
+            idle: config.idle_timeout.map(|t| (sweeps(t), idle_notice(t))),
+            handshake: handshake.map(sweeps),
+            stall: config.write_timeout.map(sweeps),
             budget,
         })
     }

@@ -34,8 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt as _;
-use tokio::net::tcp::ReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -201,7 +200,7 @@ fn print(mut printer: impl ExternalPrinter, mut queued: mpsc::Receiver<String>) 
 /// as whole lines (lossy UTF-8), keeping a partial line until its end
 /// comes, the server closes, or it grows past [`LONGEST_PARTIAL`].
 pub(super) async fn print_lines(
-    from: &mut ReadHalf<'_>,
+    from: &mut (impl AsyncRead + Unpin),
     printer: &mpsc::Sender<String>,
 ) -> io::Result<Printed> {
     let mut buf = vec![0; super::CHUNK];

@@ -268,6 +268,8 @@ impl<R: Rooms> Protocol for Chat<R> {
             CloseReason::TooSlow => "too slow",
             CloseReason::Idle => "idle timeout",
             CloseReason::Error => "connection error",
+            CloseReason::Tls => "TLS error",
+            CloseReason::Handshake => "TLS handshake timeout",
             // Everyone is leaving and was told why: no notices.
             CloseReason::Shutdown => {
                 self.rooms.leave(&member.room, id);

@@ -50,6 +50,8 @@ pub fn start<P: Protocol>(proto: P, config: Config) -> InProcess {
 pub struct Binary {
     pub child: KillOnDrop,
     pub addr: SocketAddr,
+    /// What the server printed up to its "listening on" line.
+    pub banner: String,
     /// The rest of the server's stderr, read in the background.
     pub stderr: JoinHandle<String>,
 }
@@ -73,13 +75,14 @@ pub fn serve_binary(extra: &[&str]) -> Binary {
             .expect("start sockline serve"),
     );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
+    let mut banner = String::new();
     let addr = loop {
-        line.clear();
+        let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
-            "server exited before listening"
+            "server exited before listening: {banner}"
         );
+        banner.push_str(&line);
         if let Some(at) = line.find("listening on ") {
             break line[at + "listening on ".len()..].trim().parse().unwrap();
         }
@@ -88,6 +91,7 @@ pub fn serve_binary(extra: &[&str]) -> Binary {
     Binary {
         child,
         addr,
+        banner,
         stderr,
     }
 }

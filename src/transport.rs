@@ -1,0 +1,181 @@
+//! A connection's byte stream: plain TCP, or TLS over it.
+//!
+//! [`Connection`](crate::connection::Connection) reads and writes through
+//! this type and needs to know only two things TLS adds: encrypted records
+//! may wait inside rustls after a write ([`Transport::flush_tls`] sends them),
+//! and a short read does not prove the socket is drained. rustls is driven by
+//! hand (`read_tls`, `process_new_packets`, `write_tls`) because the server's
+//! sockets are non-blocking `mio` sockets, not tokio ones.
+//!
+//! TLS state is boxed, so a plain connection pays one pointer's worth for it.
+
+use mio::net::TcpStream;
+use rustls::{InvalidMessage, ServerConnection};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+
+/// The line a plain-text client gets from a TLS server.
+pub const NOT_TLS: &[u8] = b"ERR this server speaks TLS (try sockline connect --tls)\n";
+
+/// Plain TCP or TLS.
+pub enum Transport {
+    /// Bytes as they are.
+    Plain(TcpStream),
+    /// A rustls server session over the socket.
+    Tls(Box<Tls>),
+}
+
+/// A TLS session and its socket.
+pub struct Tls {
+    tcp: TcpStream,
+    session: ServerConnection,
+    /// The client does not speak TLS: send it no records.
+    mute: bool,
+}
+
+impl Transport {
+    /// Starts a TLS server session on `tcp`.
+    pub fn tls(tcp: TcpStream, config: std::sync::Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        let session = ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Transport::Tls(Box::new(Tls {
+            tcp,
+            session,
+            mute: false,
+        })))
+    }
+
+    /// The socket, for registration with the event loop.
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => &mut tls.tcp,
+        }
+    }
+
+    /// True for TLS: a short read may leave records in the socket.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// True while a TLS handshake is under way.
+    pub fn handshaking(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.session.is_handshaking(),
+        }
+    }
+
+    /// True when encrypted records wait for the socket.
+    pub fn tls_pending(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(tls) => tls.session.wants_write() && !tls.mute,
+        }
+    }
+
+    /// Sends the records rustls holds; true when none is left.
+    pub fn flush_tls(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(true),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+
+    /// Reads plaintext. `Ok(0)` is the end of the stream, whether the client
+    /// said `close_notify` or just closed the socket.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+
+    /// Writes plaintext; with TLS, accepted bytes may still wait as records
+    /// (see [`tls_pending`](Self::tls_pending)).
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write(buf),
+            Transport::Tls(tls) => tls.write(|session| session.writer().write(buf)),
+        }
+    }
+
+    /// [`write`](Self::write) for several buffers.
+    pub fn write_vectored(&mut self, bufs: &[IoSlice]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.write_vectored(bufs),
+            Transport::Tls(tls) => tls.write(|session| session.writer().write_vectored(bufs)),
+        }
+    }
+
+    /// Ends our side: `close_notify` (TLS, once a session exists), then a FIN.
+    pub fn shutdown_write(&mut self) {
+        if let Transport::Tls(tls) = self
+            && !tls.session.is_handshaking()
+        {
+            tls.session.send_close_notify();
+            let _ = tls.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+}
+
+impl Tls {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.session.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The socket closed without close_notify: an end all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            // No plaintext yet: take records from the socket. WouldBlock
+            // from here means the socket is dry, as the event loop needs.
+            self.session.read_tls(&mut self.tcp)?;
+            if let Err(e) = self.session.process_new_packets() {
+                // Tell the client why, then give up on it: a TLS client
+                // reads an alert; a plain one (text is never a TLS record)
+                // reads a line.
+                let plain = rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType);
+                if self.session.is_handshaking() && e == plain {
+                    let _ = self.tcp.write(NOT_TLS);
+                    self.mute = true;
+                } else {
+                    let _ = self.flush();
+                }
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake replies must not wait for the next write.
+            self.flush()?;
+        }
+    }
+
+    fn write(
+        &mut self,
+        put: impl FnOnce(&mut ServerConnection) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        // Older records first; while the socket is full, take no more.
+        if !self.flush()? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = put(&mut self.session)?;
+        if n == 0 {
+            // rustls's buffer is full (e.g. waiting for the handshake).
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.session.wants_write() && !self.mute {
+            match self.session.write_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
