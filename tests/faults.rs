@@ -1,13 +1,15 @@
-//! Faults a network throws at a server: bursts, garbage, half-closes.
+//! Faults a network throws at a server: bursts, garbage, half-closes,
+//! clients that never read.
 //! Each affects only the client concerned, and nothing is lost.
 
 mod common;
 
-use common::{connect, read_n, read_to_close, send, start};
+use common::{connect, read_n, read_to_close, send, serve_binary, start};
 use sockline::Config;
 use sockline::mode::{Ack, Echo};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
+use std::time::{Duration, Instant};
 
 const REPLY: &[u8] = b" MSG Received\n";
 
@@ -73,4 +75,58 @@ fn a_half_closed_client_gets_every_reply() {
     send(&mut client, &b"line\n".repeat(1000));
     client.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_to_close(&mut client), REPLY.repeat(1000));
+}
+
+#[test]
+fn a_client_that_sends_forever_and_never_reads_is_bounded_then_dropped() {
+    let server = serve_binary(&["-q", "--write-timeout", "1"]);
+    let status = format!("/proc/{}/status", server.child.id());
+    let rss_kib = || {
+        let status = std::fs::read_to_string(&status).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss_kib();
+    let mut good = connect(server.addr);
+    let mut deaf = connect(server.addr);
+    deaf.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let flood = b"never reading\n".repeat(4096);
+    let (mut sent, mut peak) = (0usize, before);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Its replies back up, the server stops reading it (so our writes time
+    // out), and after the write timeout it is cut off: a write fails.
+    let dropped = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the deaf client was never dropped"
+        );
+        match deaf.write(&flood) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(e) => break e,
+        }
+        peak = peak.max(rss_kib());
+        // Everyone else is served meanwhile.
+        send(&mut good, b"hi\n");
+        assert_eq!(read_n(&mut good, REPLY.len()), REPLY);
+    };
+    assert!(matches!(
+        dropped.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+    ));
+    // It got to send far more than the server kept for it.
+    assert!(sent > 1 << 20, "only {sent} bytes went out");
+    eprintln!("RSS before {before} KiB, peak {peak} KiB, {sent} bytes sent");
+    assert!(
+        peak - before < 8 * 1024,
+        "server RSS grew by {} KiB",
+        peak - before
+    );
+    send(&mut good, b"BYE\n");
+    assert_eq!(read_to_close(&mut good), REPLY);
 }
