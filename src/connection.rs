@@ -81,6 +81,9 @@ pub enum Status {
 enum Phase {
     /// Reading and answering.
     Open,
+    /// Server shutdown: reading only what already reached the socket
+    /// (until a read finds it dry), answering it, then `Draining`.
+    Emptying,
     /// No more reads: answer the complete lines already buffered, flush, close.
     Draining(CloseReason),
     /// No more answers: flush, close.
@@ -191,14 +194,14 @@ impl<S> Connection<S> {
         self.session
     }
 
-    /// Server shutdown: the protocol's last word, then no more reading;
-    /// lines already received still get their replies, a partial line is
-    /// dropped.
+    /// Server shutdown: the protocol's last word, then reading only until
+    /// the socket is dry; every line that reached it gets its reply, a
+    /// partial line is dropped.
     pub fn stop_reading<P: Protocol<Session = S>>(&mut self, proto: &mut P, scratch: &mut Scratch) {
         if self.phase != Phase::Open {
             return;
         }
-        self.phase = Phase::Draining(CloseReason::Shutdown);
+        self.phase = Phase::Emptying;
         let Some(session) = &mut self.session else {
             return;
         };
@@ -310,7 +313,7 @@ impl<S> Connection<S> {
             }
             match self.phase {
                 Phase::Closing(why) | Phase::Draining(why) => return Status::Close(why),
-                Phase::Open => {}
+                Phase::Open | Phase::Emptying => {}
             }
             // Fairness: a client that sends without pause, or whose lines
             // fan out to others, must not hold the loop.
@@ -338,11 +341,17 @@ impl<S> Connection<S> {
                         // when more arrives, so skip the read that would fail.
                         return match self.phase {
                             Phase::Open => Status::Wait { want_write: false },
+                            Phase::Emptying => Status::Close(CloseReason::Shutdown),
                             Phase::Closing(why) | Phase::Draining(why) => Status::Close(why),
                         };
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.phase == Phase::Emptying {
+                        // All that reached us is read: answer it, then close.
+                        self.phase = Phase::Draining(CloseReason::Shutdown);
+                        continue;
+                    }
                     return Status::Wait {
                         want_write: self.has_pending(),
                     };
@@ -454,7 +463,7 @@ impl<S> Connection<S> {
                 max_line,
             );
             self.after_answer(how, used);
-            if self.phase == Phase::Open {
+            if matches!(self.phase, Phase::Open | Phase::Emptying) {
                 self.input.extend_from_slice(&data[used..]);
             }
             scratch.input = input;

@@ -536,22 +536,17 @@ impl<P: Protocol> Worker<P> {
         self.deliver_post();
     }
 
-    /// Stops accepting; every connection answers what it already received.
+    /// Stops accepting; every connection reads what already reached its
+    /// socket, answers it and closes (see `Connection::stop_reading`).
     fn start_drain(&mut self) {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in &keys {
-            // Read all that reached us before the signal.
-            if self.conns.contains(*key) {
-                self.drive(*key, true);
-            }
-        }
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
                 entry.conn.stop_reading(&mut self.proto, &mut self.scratch);
-                self.drive(key, false);
+                self.drive(key, true);
             }
         }
         self.flush_dirty();
