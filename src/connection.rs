@@ -371,6 +371,11 @@ impl<S> Connection<S> {
         self.has_unwritten() || self.stream.tls_pending()
     }
 
+    /// Bytes of replies and messages waiting for the client.
+    pub fn queued(&self) -> usize {
+        self.output.len() + self.mail.as_ref().map_or(0, |m| m.bytes)
+    }
+
     /// Replies or messages not yet handed to the transport.
     fn has_unwritten(&self) -> bool {
         !self.output.is_empty() || self.mail.as_ref().is_some_and(|m| m.bytes > 0)
@@ -612,6 +617,7 @@ fn answer<P: Protocol>(
     let how = if !complete {
         Answered::AllLines
     } else if scratch.budget == 0 {
+        scratch.counts.throttled += 1;
         Answered::Throttled
     } else {
         Answered::OutputFull

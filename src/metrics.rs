@@ -22,6 +22,8 @@ pub struct Counts {
     pub bytes_in: u64,
     /// Bytes of replies and messages produced for clients.
     pub bytes_out: u64,
+    /// Times a connection used up its line budget (`--max-lines-per-sec`).
+    pub throttled: u64,
 }
 
 const REASONS: [CloseReason; 10] = [
@@ -57,6 +59,8 @@ pub struct Metrics {
     lines_in: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    throttled: AtomicU64,
+    queue_bytes: AtomicU64,
     refused: [AtomicU64; 3],
     closed: [AtomicU64; REASONS.len()],
 }
@@ -67,6 +71,13 @@ impl Metrics {
         self.lines_in.fetch_add(counts.lines_in, Relaxed);
         self.bytes_in.fetch_add(counts.bytes_in, Relaxed);
         self.bytes_out.fetch_add(counts.bytes_out, Relaxed);
+        self.throttled.fetch_add(counts.throttled, Relaxed);
+    }
+
+    /// A worker's queued bytes went from `was` to `now`.
+    pub fn queued(&self, was: u64, now: u64) {
+        // Wrapping add of the difference: the sum of all workers' figures.
+        self.queue_bytes.fetch_add(now.wrapping_sub(was), Relaxed);
     }
 
     /// Counts an admitted connection.
@@ -127,6 +138,18 @@ impl Metrics {
             "counter",
             "Bytes of replies and messages produced for clients.",
             &[("", get(&self.bytes_out))],
+        );
+        metric(
+            "queue_bytes",
+            "gauge",
+            "Bytes of replies and messages waiting for slow clients (updated each second).",
+            &[("", get(&self.queue_bytes))],
+        );
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Times a connection used up its --max-lines-per-sec budget and was read more slowly.",
+            &[("", get(&self.throttled))],
         );
         let refused = [
             (r#"{reason="full"}"#, get(&self.refused[0])),

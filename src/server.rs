@@ -242,6 +242,8 @@ struct Worker<P: Protocol> {
     sweep_at: Option<Instant>,
     /// Lines each connection may have answered per sweep.
     budget: Option<u32>,
+    /// Bytes waiting in this worker's connections at the last sweep.
+    queued: u64,
 }
 
 struct Entry<S> {
@@ -261,7 +263,7 @@ impl<P: Protocol> Worker<P> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         shutdown.watch(Arc::new(Waker::new(poll.registry(), WAKER)?));
-        let budget = Sweep::new(&shared.config).and_then(|sweep| sweep.budget);
+        let budget = Sweep::new(&shared.config).budget;
         Ok(Worker {
             poll,
             listener: Some(listener),
@@ -274,6 +276,7 @@ impl<P: Protocol> Worker<P> {
             accept_at: None,
             sweep_at: None,
             budget,
+            queued: 0,
         })
     }
 
@@ -292,12 +295,10 @@ impl<P: Protocol> Worker<P> {
                 self.close_all(CloseReason::Shutdown);
                 return Ok(());
             }
-            if let Some(sweep) = &sweep {
-                let now = Instant::now();
-                if self.sweep_at.is_none_or(|at| now >= at) {
-                    self.sweep_at = Some(now + sweep.every);
-                    self.sweep(sweep);
-                }
+            let now = Instant::now();
+            if self.sweep_at.is_none_or(|at| now >= at) {
+                self.sweep_at = Some(now + sweep.every);
+                self.sweep(&sweep);
             }
             let wake = [self.accept_at, deadline, self.sweep_at]
                 .into_iter()
@@ -505,7 +506,9 @@ impl<P: Protocol> Worker<P> {
     /// none of for `write_timeout`.
     fn sweep(&mut self, sweep: &Sweep) {
         let mut ends = Vec::new();
+        let mut queued = 0;
         for (key, entry) in self.conns.iter_mut() {
+            queued += entry.conn.queued() as u64;
             if let Some(budget) = sweep.budget
                 && entry.conn.refill(budget)
             {
@@ -522,6 +525,8 @@ impl<P: Protocol> Worker<P> {
                 ends.push((key, CloseReason::TooSlow));
             }
         }
+        let metrics = &self.shared.config.metrics;
+        metrics.queued(std::mem::replace(&mut self.queued, queued), queued);
         for (key, why) in ends {
             match (&sweep.idle, why) {
                 (Some((_, notice)), CloseReason::Idle) => {
@@ -577,26 +582,26 @@ struct Sweep {
 }
 
 impl Sweep {
-    fn new(config: &Config) -> Option<Sweep> {
+    fn new(config: &Config) -> Sweep {
         let second = Duration::from_secs(1);
         let handshake = config.tls.as_ref().map(|_| config.handshake_timeout);
         let timeouts = [config.idle_timeout, handshake, config.write_timeout];
-        let every = match (timeouts.iter().flatten().min(), config.max_lines_per_sec) {
-            (None, None) => return None,
-            (Some(t), _) => (*t / 2).clamp(Duration::from_millis(10), second),
-            (None, Some(_)) => second,
+        // At least once a second, for the rate budget and the queue gauge.
+        let every = match timeouts.iter().flatten().min() {
+            Some(t) => (*t / 2).clamp(Duration::from_millis(10), second),
+            None => second,
         };
         let sweeps = |t: Duration| (t.as_secs_f64() / every.as_secs_f64()).ceil() as u32;
         let budget = config
             .max_lines_per_sec
             .map(|rate| ((rate as f64 * every.as_secs_f64()).ceil() as u32).max(1));
-        Some(Sweep {
+        Sweep {
             every,
             idle: config.idle_timeout.map(|t| (sweeps(t), idle_notice(t))),
             handshake: handshake.map(sweeps),
             stall: config.write_timeout.map(sweeps),
             budget,
-        })
+        }
     }
 }
 

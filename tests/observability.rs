@@ -27,6 +27,66 @@ fn value(text: &str, sample: &str) -> u64 {
     line[sample.len() + 1..].parse().unwrap()
 }
 
+/// Scrapes until `ready` holds (or 10 s pass: the assertions then fail).
+fn scrape_until(addr: std::net::SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = scrape(addr, "/metrics");
+        if ready(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Starts `/metrics` for `config`'s counters on 127.0.0.1:0.
+fn serve_metrics(config: &Config) -> std::net::SocketAddr {
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = http.local_addr().unwrap();
+    metrics::serve(http, Arc::clone(&config.metrics)).unwrap();
+    addr
+}
+
+#[test]
+fn metrics_show_queued_bytes_and_rate_limiting() {
+    let config = Config::default();
+    let http_addr = serve_metrics(&config);
+    let server = start(Ack, config);
+    // Sends without reading: replies back up in the server.
+    let mut deaf = connect(server.addr);
+    deaf.set_nonblocking(true).unwrap();
+    let flood = b"\n".repeat(64 * 1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let _ = std::io::Write::write(&mut deaf, &flood);
+        let text = scrape(http_addr, "/metrics");
+        if value(&text, "sockline_queue_bytes") > 0 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(value(&text, "sockline_queue_bytes") > 0, "{text}");
+    // Gone, its queue goes with it.
+    drop(deaf);
+    let text = scrape_until(http_addr, |text| text.contains("sockline_queue_bytes 0\n"));
+    assert_eq!(value(&text, "sockline_queue_bytes"), 0);
+
+    // Past --max-lines-per-sec, the slowdowns are counted.
+    let config = Config {
+        max_lines_per_sec: Some(50),
+        ..Config::default()
+    };
+    let http_addr = serve_metrics(&config);
+    let server = start(Ack, config);
+    let mut fast = connect(server.addr);
+    send(&mut fast, &b"x\n".repeat(60));
+    let text = scrape_until(http_addr, |text| {
+        !text.contains("sockline_rate_limited_total 0\n")
+    });
+    assert!(value(&text, "sockline_rate_limited_total") > 0, "{text}");
+    assert_eq!(read_n(&mut fast, 60 * REPLY.len()), REPLY.repeat(60));
+}
+
 #[test]
 fn metrics_count_connections_lines_bytes_and_reasons() {
     let config = Config {
@@ -56,17 +116,15 @@ fn metrics_count_connections_lines_bytes_and_reasons() {
     let mut e = connect(server.addr);
     assert_eq!(read_to_close(&mut e), b"ERR server full\n");
 
-    // Counters are published at the end of each event-loop round.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = scrape(http_addr, "/metrics");
-        if text.contains("sockline_refused_total{reason=\"full\"} 1")
-            || std::time::Instant::now() > deadline
-        {
-            break text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    // Each worker publishes its counts at the end of its event-loop round,
+    // so wait until all of them are in.
+    let text = scrape_until(http_addr, |text| {
+        text.contains("sockline_refused_total{reason=\"full\"} 1")
+            && text.contains("sockline_lines_in_total 4\n")
+            && text.contains("sockline_bytes_in_total 34\n")
+            && text.contains("sockline_disconnects_total{reason=\"line_too_long\"} 1")
+            && text.contains("sockline_disconnects_total{reason=\"closed_by_protocol\"} 1")
+    });
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert_eq!(value(&text, "sockline_connections_open"), 2);
     assert_eq!(value(&text, "sockline_connections_total"), 4);
