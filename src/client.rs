@@ -19,6 +19,7 @@ mod tty;
 
 use crate::mode::is_bye;
 use crate::tls::ClientTls;
+use std::cell::Cell;
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -131,12 +132,15 @@ async fn talk(
     timeout: Duration,
 ) -> io::Result<()> {
     tokio::pin!(printing);
+    let quit = Cell::new(false);
     let sent = tokio::select! {
         printed = &mut printing => return match printed? {
+            // Chat's /quit: the close is the answer we asked for.
+            Printed::ServerClosed if quit.get() => Ok(()),
             Printed::ServerClosed => Err(closed_by_server()),
             Printed::StdoutClosed => Ok(()),
         },
-        sent = send_lines(lines, to_server) => sent,
+        sent = send_lines(lines, to_server, &quit) => sent,
     };
     match sent {
         Ok(Sent::Bye) => match time::timeout(timeout, printing).await {
@@ -233,18 +237,23 @@ async fn print_replies(from: &mut (impl AsyncRead + Unpin)) -> io::Result<Printe
 }
 
 /// Sends stdin lines until `BYE` (sent, then stop) or EOF (shut down the
-/// write half so the server sees the end too).
+/// write half so the server sees the end too); notes a `/quit` in `quit`,
+/// so that the server closing after it is no error.
 async fn send_lines(
     lines: &mut mpsc::Receiver<io::Result<Vec<u8>>>,
     to: &mut (impl AsyncWrite + Unpin),
+    quit: &Cell<bool>,
 ) -> io::Result<Sent> {
     while let Some(line) = lines.recv().await {
         let line = line?;
         to.write_all(&line).await.map_err(session_error)?;
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        if is_goodbye(text.strip_suffix(b"\r").unwrap_or(text)) {
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if is_bye(text) {
             return Ok(Sent::Bye);
         }
+        // Any other server takes `/quit` as a line like others: go on.
+        quit.set(quit.get() || text == b"/quit");
     }
     to.shutdown().await.map_err(session_error)?;
     Ok(Sent::Eof)
@@ -317,10 +326,4 @@ fn describe(e: &io::Error) -> String {
     chars.next().map_or_else(String::new, |first| {
         first.to_lowercase().chain(chars).collect()
     })
-}
-
-/// A line after which the server is expected to close: the tutorial's `BYE`
-/// (any case), or chat's `/quit`.
-fn is_goodbye(line: &[u8]) -> bool {
-    is_bye(line) || line == b"/quit"
 }

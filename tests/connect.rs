@@ -211,8 +211,16 @@ fn quit_in_a_chat_is_a_clean_exit() {
     let mut client = Client::start(&server.addr.to_string());
     assert!(client.stdout_has("* welcome user-1"));
     client.write("/quit\n");
-    // Stdin stays open: /quit, like BYE, is the end of the session.
+    // Stdin stays open: the server closing after /quit ends the session.
     let done = client.finish();
     assert!(done.status.success(), "stderr: {}", done.stderr);
     assert!(done.stdout.ends_with("* bye\n"), "stdout: {}", done.stdout);
+}
+
+#[test]
+fn quit_is_an_ordinary_line_to_other_servers() {
+    let server = common::serve_binary(&["--mode", "echo"]);
+    let done = run(&server.addr.to_string(), "/quit\nhello\n");
+    assert!(done.status.success(), "stderr: {}", done.stderr);
+    assert_eq!(done.stdout, "/quit\nhello\n");
 }

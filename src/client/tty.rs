@@ -23,7 +23,6 @@
 //! SIGINT, which rustyline's handler (installed while `readline` runs) turns
 //! into `Interrupted`.
 
-use super::is_goodbye;
 use super::{LineSender, Printed, describe, session_error};
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
@@ -173,8 +172,8 @@ fn edit(mut editor: DefaultEditor, lines: &LineSender, stop: &AtomicBool) {
             }
         };
         let _ = editor.add_history_entry(line.as_str());
-        // The session stops reading after BYE or /quit; no prompt for a next line.
-        let bye = is_goodbye(line.as_bytes());
+        // The session stops reading after BYE; no prompt for a next line.
+        let bye = crate::mode::is_bye(line.as_bytes());
         let mut line = line.into_bytes();
         line.push(b'\n');
         // A send error means the session is over.
