@@ -1,6 +1,8 @@
 //! The `sockline` binary: parse the command line, start logging, run the
 //! library, and turn any error into one line and an exit code.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use anyhow::{Context, Result};
