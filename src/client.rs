@@ -86,9 +86,17 @@ async fn session(
     tls: Option<&ClientTls>,
     terminal: &mut Option<Terminal>,
 ) -> io::Result<()> {
+    // Bad TLS settings are reported before any connecting.
+    let tls = match tls {
+        Some(tls) => Some((
+            crate::tls::client_config(tls)?,
+            crate::tls::server_name(addr)?,
+        )),
+        None => None,
+    };
     let tcp = connect(addr, timeout).await?;
     let stream: Box<dyn Stream> = match tls {
-        Some(tls) => Box::new(handshake(tcp, addr, tls, timeout).await?),
+        Some((config, name)) => Box::new(handshake(tcp, addr, config, name, timeout).await?),
         None => Box::new(tcp),
     };
     let (lines_tx, mut lines) = mpsc::channel(LINES_AHEAD);
@@ -199,11 +207,10 @@ async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
 async fn handshake(
     tcp: TcpStream,
     addr: &str,
-    tls: &ClientTls,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
     timeout: Duration,
 ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let config = crate::tls::client_config(tls)?;
-    let name = crate::tls::server_name(addr)?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let failed = |why: String| io::Error::other(format!("TLS handshake with {addr} failed: {why}"));
     match time::timeout(timeout, connector.connect(name, tcp)).await {
