@@ -14,7 +14,7 @@ DURATION=${DURATION:-5}
 IDLE=${IDLE:-10000}
 HOLD_MAX=${HOLD_MAX:-19000}
 OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 cargo build --release -q -p sockline -p naive
 SOCKLINE=target/release/sockline

@@ -12,7 +12,7 @@ cargo build --release -q -p sockline
 SOCKLINE=target/release/sockline
 ulimit -n "$(ulimit -Hn)"
 LOG=$(mktemp)
-trap 'kill $(jobs -p) 2>/dev/null; rm -f "$LOG"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG"' EXIT
 
 taskset -c 0 "$SOCKLINE" serve -q --listen 127.0.0.1:0 2>"$LOG" &
 PID=$!
