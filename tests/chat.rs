@@ -437,16 +437,8 @@ fn a_member_that_stops_reading_is_dropped_and_the_others_lose_nothing() {
 #[test]
 fn the_real_server_stays_small_while_a_deaf_member_is_flooded() {
     let server = serve_binary(&["--mode", "chat", "--max-queue", "65536", "-q"]);
-    let status = format!("/proc/{}/status", server.child.id());
-    let rss_kib = || {
-        let status = std::fs::read_to_string(&status).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let pid = server.child.id();
+    let rss_kib = || common::rss_kib(pid);
     let mut peak = 0;
     flood_past_a_deaf_member(server.addr, 20 << 20, || peak = peak.max(rss_kib()));
     peak = peak.max(rss_kib());

@@ -80,16 +80,8 @@ fn a_half_closed_client_gets_every_reply() {
 #[test]
 fn a_client_that_sends_forever_and_never_reads_is_bounded_then_dropped() {
     let server = serve_binary(&["-q", "--write-timeout", "1"]);
-    let status = format!("/proc/{}/status", server.child.id());
-    let rss_kib = || {
-        let status = std::fs::read_to_string(&status).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let pid = server.child.id();
+    let rss_kib = || common::rss_kib(pid);
     let before = rss_kib();
     let mut good = connect(server.addr);
     let mut deaf = connect(server.addr);
