@@ -544,6 +544,9 @@ impl<P: Protocol> Worker<P> {
     /// Stops accepting; every connection reads what already reached its
     /// socket, answers it and closes (see `Connection::stop_reading`).
     fn start_drain(&mut self) {
+        // Clients the kernel already connected count as received: take them
+        // from the backlog, or closing the listener would reset them.
+        self.accept();
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
