@@ -224,7 +224,8 @@ impl<S> Connection<S> {
     /// (a client that does not read).
     pub fn sweep(&mut self) -> (u32, u32) {
         self.idle += 1;
-        let stuck = self.has_pending() && !std::mem::take(&mut self.wrote);
+        let moved = std::mem::take(&mut self.wrote) | self.stream.take_progress();
+        let stuck = self.has_pending() && !moved;
         self.stalled = if stuck { self.stalled + 1 } else { 0 };
         (self.idle, self.stalled)
     }

@@ -31,6 +31,8 @@ pub struct Tls {
     session: ServerConnection,
     /// The client does not speak TLS: send it no records.
     mute: bool,
+    /// Records went out since [`Transport::take_progress`] last asked.
+    sent: bool,
 }
 
 impl Transport {
@@ -41,6 +43,7 @@ impl Transport {
             tcp,
             session,
             mute: false,
+            sent: false,
         })))
     }
 
@@ -70,6 +73,15 @@ impl Transport {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(tls) => tls.session.wants_write() && !tls.mute,
+        }
+    }
+
+    /// True when TLS records went out since the last call: the client is
+    /// reading, even if no new plaintext was taken.
+    pub fn take_progress(&mut self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(tls) => std::mem::take(&mut tls.sent),
         }
     }
 
@@ -170,7 +182,7 @@ impl Tls {
     fn flush(&mut self) -> io::Result<bool> {
         while self.session.wants_write() && !self.mute {
             match self.session.write_tls(&mut self.tcp) {
-                Ok(_) => {}
+                Ok(n) => self.sent |= n > 0,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -323,3 +323,39 @@ fn self_signed_prints_a_fingerprint_that_connect_can_pin() {
     assert!(done.status.success(), "stderr: {}", done.stderr);
     assert_eq!(done.stdout.as_bytes(), REPLY.repeat(2));
 }
+
+#[test]
+fn a_tls_client_that_never_reads_is_dropped_by_the_write_timeout() {
+    let pki = Pki::new("deaf");
+    let config = Config {
+        write_timeout: Some(Duration::from_millis(500)),
+        ..pki.server_config(false)
+    };
+    let server = start(Ack, config);
+    let mut deaf = pki.client(server.addr, false);
+    deaf.get_ref()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let flood = b"never reading\n".repeat(1024);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let dropped = loop {
+        assert!(std::time::Instant::now() < deadline, "never dropped");
+        match deaf.write(&flood) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            dropped.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{dropped:?}"
+    );
+    // The others are served.
+    let mut other = pki.client(server.addr, false);
+    other.write_all(b"hi\n").unwrap();
+    assert_eq!(read_n(&mut other, REPLY.len()), REPLY);
+}
