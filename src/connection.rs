@@ -13,7 +13,7 @@
 //! connections (chat) wait in a queue of shared buffers, written with one
 //! vectored write per round and bounded by `max_queue`.
 
-use crate::metrics::Counts;
+use crate::metrics::{Counts, Refusal};
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::transport::Transport;
 use mio::net::TcpStream;
@@ -128,12 +128,16 @@ pub struct Connection<S> {
     /// `None` until a TLS handshake is done: the protocol opens the
     /// session only for a client it can talk to.
     session: Option<S>,
+    /// Refused at accept: after the TLS handshake it gets this reason
+    /// instead of a session.
+    refusal: Option<Refusal>,
 }
 
 impl<S> Connection<S> {
     /// Wraps an accepted stream; runs the protocol's greeting (for TLS,
     /// once the handshake is done).
     pub fn open<P: Protocol<Session = S>>(
+        refusal: Option<Refusal>,
         budget: Option<u32>,
         id: ConnId,
         stream: Transport,
@@ -156,6 +160,7 @@ impl<S> Connection<S> {
             wrote: false,
             stalled: 0,
             session: None,
+            refusal,
         };
         conn.greet(proto, scratch);
         conn
@@ -167,6 +172,14 @@ impl<S> Connection<S> {
             return;
         }
         scratch.output.clear();
+        if let Some(why) = self.refusal {
+            if self.phase == Phase::Open {
+                scratch.output.extend_from_slice(why.line());
+                self.send(scratch);
+                self.phase = Phase::Closing(CloseReason::Protocol);
+            }
+            return;
+        }
         let out = &mut Output::new(self.id, &mut scratch.output, &mut scratch.post);
         self.session = Some(proto.open(self.peer, out));
         self.send(scratch);
@@ -175,6 +188,11 @@ impl<S> Connection<S> {
     /// True while a TLS handshake is under way.
     pub fn handshaking(&self) -> bool {
         self.stream.handshaking()
+    }
+
+    /// True for a connection refused at accept, kept only to say why.
+    pub fn refused(&self) -> bool {
+        self.refusal.is_some()
     }
 
     /// The client's address.
@@ -351,6 +369,10 @@ impl<S> Connection<S> {
                     if self.phase == Phase::Emptying {
                         // All that reached us is read: answer it, then close.
                         self.phase = Phase::Draining(CloseReason::Shutdown);
+                        continue;
+                    }
+                    if self.phase != Phase::Open {
+                        // `greet` refused it: flush the reason, then close.
                         continue;
                     }
                     return Status::Wait {

@@ -40,7 +40,7 @@ const REASONS: [CloseReason; 10] = [
 ];
 
 /// Why a connection was refused at accept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// `max_conns` reached.
     Full,
@@ -48,6 +48,17 @@ pub enum Refusal {
     Denied,
     /// `max_conns_per_ip` reached.
     PerIp,
+}
+
+impl Refusal {
+    /// The one line the refused client gets.
+    pub fn line(self) -> &'static [u8] {
+        match self {
+            Refusal::Full => b"ERR server full\n",
+            Refusal::Denied => b"ERR access denied\n",
+            Refusal::PerIp => b"ERR too many connections from your address\n",
+        }
+    }
 }
 
 /// The server's counters.

@@ -81,12 +81,9 @@ impl Default for Config {
     }
 }
 
-/// The reply to a connection past `max_conns`.
-pub const FULL: &[u8] = b"ERR server full\n";
-/// The reply to a connection from an address `--allow`/`--deny` refuse.
-pub const DENIED: &[u8] = b"ERR access denied\n";
-/// The reply to a connection past `max_conns_per_ip`.
-pub const PER_IP: &[u8] = b"ERR too many connections from your address\n";
+/// TLS clients being told why they are refused, at most, per worker: each
+/// costs a handshake, so past this many a refusal is just a close.
+const TLS_REFUSALS: usize = 32;
 
 /// Allow and deny lists of networks. An address in a denied network is
 /// refused; with any allowed network, an address in none of them is too.
@@ -244,6 +241,8 @@ struct Worker<P: Protocol> {
     budget: Option<u32>,
     /// Bytes waiting in this worker's connections at the last sweep.
     queued: u64,
+    /// Refused TLS connections still in the slab (see [`TLS_REFUSALS`]).
+    refusing: usize,
 }
 
 struct Entry<S> {
@@ -277,6 +276,7 @@ impl<P: Protocol> Worker<P> {
             sweep_at: None,
             budget,
             queued: 0,
+            refusing: 0,
         })
     }
 
@@ -367,20 +367,26 @@ impl<P: Protocol> Worker<P> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let shared = &self.shared;
+        let mut refusal = None;
         if let Err(why) = shared.admit(peer.ip()) {
             shared.config.metrics.refused(why);
-            let line = match why {
-                Refusal::Full => FULL,
-                Refusal::Denied => DENIED,
-                Refusal::PerIp => PER_IP,
-            };
+            let line = why.line();
             let text = String::from_utf8_lossy(&line[4..line.len() - 1]);
             tracing::info!(%peer, "refused: {text}");
-            // A fresh socket's send buffer is empty, so this does not block.
-            let _ = stream.write(line);
-            return;
+            if shared.config.tls.is_none() {
+                // A fresh socket's send buffer is empty, so this does not block.
+                let _ = stream.write(line);
+                return;
+            }
+            // Over TLS the line needs a handshake first; a few at a time.
+            if self.refusing >= TLS_REFUSALS {
+                return;
+            }
+            self.refusing += 1;
+            refusal = Some(why);
+        } else {
+            shared.config.metrics.accepted();
         }
-        shared.config.metrics.accepted();
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -396,12 +402,18 @@ impl<P: Protocol> Worker<P> {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(%peer, "cannot serve connection: {e}");
-                shared.release(peer.ip());
+                match refusal {
+                    Some(_) => self.refusing -= 1,
+                    None => shared.release(peer.ip()),
+                }
                 return;
             }
         };
-        tracing::info!(%peer, "connection opened");
+        if refusal.is_none() {
+            tracing::info!(%peer, "connection opened");
+        }
         let conn = Connection::open(
+            refusal,
             self.budget,
             ConnId(key),
             stream,
@@ -489,6 +501,12 @@ impl<P: Protocol> Worker<P> {
     fn close(&mut self, key: usize, why: CloseReason) {
         let mut entry = self.conns.remove(key);
         let _ = self.poll.registry().deregister(entry.conn.stream());
+        if entry.conn.refused() {
+            // Never admitted: told why over TLS, now gone.
+            self.refusing -= 1;
+            entry.conn.finish();
+            return;
+        }
         self.shared.release(entry.conn.peer().ip());
         self.shared.config.metrics.closed(why);
         tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());

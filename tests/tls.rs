@@ -359,3 +359,40 @@ fn a_tls_client_that_never_reads_is_dropped_by_the_write_timeout() {
     other.write_all(b"hi\n").unwrap();
     assert_eq!(read_n(&mut other, REPLY.len()), REPLY);
 }
+
+#[test]
+fn a_refused_tls_client_is_told_why_over_tls() {
+    let pki = Pki::new("refused");
+    let config = Config {
+        max_conns: 1,
+        ..pki.server_config(false)
+    };
+    let server = start(Ack, config);
+    let mut first = pki.client(server.addr, false);
+    first.write_all(b"hi\n").unwrap();
+    assert_eq!(read_n(&mut first, REPLY.len()), REPLY);
+    // Past max_conns: the reason comes through TLS, then a clean close.
+    let mut second = pki.client(server.addr, false);
+    let mut got = Vec::new();
+    second.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ERR server full\n");
+    // The one admitted is still served, and its slot frees for the next.
+    first.write_all(b"BYE\n").unwrap();
+    assert_eq!(read_n(&mut first, REPLY.len()), REPLY);
+    let mut third = pki.client(server.addr, false);
+    third.write_all(b"hi\n").unwrap();
+    assert_eq!(read_n(&mut third, REPLY.len()), REPLY);
+
+    let denied = Config {
+        access: sockline::server::Access {
+            allow: vec![],
+            deny: vec!["127.0.0.0/8".parse().unwrap()],
+        },
+        ..pki.server_config(false)
+    };
+    let server = start(Ack, denied);
+    let mut client = pki.client(server.addr, false);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ERR access denied\n");
+}
