@@ -45,9 +45,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// stdin line is sent, every byte from the server is printed.
 ///
 /// `timeout` bounds connecting (and the TLS handshake, with `tls`) and,
-/// after the user sends `BYE`, the wait for the server to close. Returns `Ok` after `BYE`, after stdin EOF once the
-/// server has closed, when stdout is closed, or (in a terminal) on Ctrl-C;
-/// an error if connecting fails or the server ends the session first.
+/// after the user sends `BYE`, the wait for the server to close. Returns
+/// `Ok` after `BYE`, after stdin EOF once the server has closed, when stdout
+/// is closed, or (in a terminal) on Ctrl-C; an error if connecting fails or
+/// the server ends the session first.
 pub fn run(addr: &str, timeout: Duration, tls: Option<&ClientTls>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

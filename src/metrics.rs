@@ -40,7 +40,7 @@ const REASONS: [CloseReason; 10] = [
 ];
 
 /// Why a connection was refused at accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Refusal {
     /// `max_conns` reached.
     Full,

@@ -261,20 +261,14 @@ impl<R: Rooms> Protocol for Chat<R> {
         };
         self.nicks.remove(&member.name.to_ascii_lowercase());
         let reason = match why {
+            // A plain leave (`/quit`, `BYE`): no reason shown.
             CloseReason::Protocol => "",
-            CloseReason::Client => "closed by client",
-            CloseReason::Reset => "connection reset",
-            CloseReason::TooLong => "line too long",
-            CloseReason::TooSlow => "too slow",
-            CloseReason::Idle => "idle timeout",
-            CloseReason::Error => "connection error",
-            CloseReason::Tls => "TLS error",
-            CloseReason::Handshake => "TLS handshake timeout",
             // Everyone is leaving and was told why: no notices.
             CloseReason::Shutdown => {
                 self.rooms.leave(&member.room, id);
                 return;
             }
+            other => other.as_str(),
         };
         self.exit(id, &member, reason, out);
     }
