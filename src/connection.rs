@@ -18,7 +18,7 @@ use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::transport::Transport;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::net::SocketAddr;
 
 /// Bytes read per `read` call.
@@ -88,7 +88,19 @@ enum Phase {
     Draining(CloseReason),
     /// No more answers: flush, close.
     Closing(CloseReason),
+    /// Closed by the server, all replies handed to the kernel and the write
+    /// side shut down: reading and discarding what the client still sends
+    /// until its EOF (see [`Connection::linger`]). No buffer, no session.
+    Lingering {
+        /// Bytes thrown away since the last sweep.
+        discarded: u32,
+    },
 }
+
+/// Bytes a lingering connection's socket is read for, at most, between two
+/// sweeps: past that it is left unread until the next one (TCP
+/// backpressure), so a client that floods after its close costs little.
+pub const LINGER_BYTES: u32 = 1 << 20;
 
 /// Messages from other connections waiting for the socket.
 #[derive(Default)]
@@ -176,6 +188,8 @@ impl<S> Connection<S> {
             if self.phase == Phase::Open {
                 scratch.output.extend_from_slice(why.line());
                 self.send(scratch);
+                // Never admitted, never served: its line is no output.
+                scratch.counts.bytes_out -= why.line().len() as u64;
                 self.phase = Phase::Closing(CloseReason::Protocol);
             }
             return;
@@ -212,6 +226,62 @@ impl<S> Connection<S> {
         self.session
     }
 
+    /// Starts a lingering close, as nginx's `lingering_close` does: our
+    /// side is shut down (after everything pending, which the kernel sends
+    /// before the FIN), and what the client still sends is read and thrown
+    /// away until its EOF. Closing a socket with unread input would make the
+    /// kernel reset the connection and drop replies still on their way.
+    /// Buffers are freed; the session is handed back to be closed.
+    pub fn linger(&mut self) -> Option<S> {
+        self.stream.shutdown_write();
+        self.phase = Phase::Lingering { discarded: 0 };
+        self.input = Vec::new();
+        self.output = Vec::new();
+        self.mail = None;
+        self.backlog = false;
+        self.idle = 0;
+        self.stalled = 0;
+        self.session.take()
+    }
+
+    /// True once [`linger`](Self::linger) was called.
+    pub fn lingering(&self) -> bool {
+        matches!(self.phase, Phase::Lingering { .. })
+    }
+
+    /// Bytes the server still held for the client (replies and messages
+    /// not yet taken by the kernel, and TLS records).
+    pub fn unsent(&self) -> usize {
+        self.queued() + usize::from(self.stream.tls_pending())
+    }
+
+    /// A lingering connection's turn: reads and discards until the socket is
+    /// dry or [`LINGER_BYTES`] were read since the last sweep (wait), or
+    /// until the client's EOF or an error (close; the reason says which).
+    fn discard(&mut self, scratch: &mut Scratch) -> Status {
+        let Phase::Lingering { discarded } = &mut self.phase else {
+            return Status::Close(CloseReason::Error);
+        };
+        loop {
+            if *discarded >= LINGER_BYTES {
+                self.throttled = true;
+                return Status::Wait { want_write: false };
+            }
+            match self.stream.tcp().read(&mut scratch.input) {
+                Ok(0) => return Status::Close(CloseReason::Client),
+                Ok(n) => {
+                    self.idle = 0;
+                    *discarded = discarded.saturating_add(n as u32);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Status::Wait { want_write: false };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Status::Close(error_reason(&e)),
+            }
+        }
+    }
+
     /// Server shutdown: the protocol's last word, then reading only until
     /// the socket is dry; every line that reached it gets its reply, a
     /// partial line is dropped.
@@ -231,6 +301,12 @@ impl<S> Connection<S> {
         self.send(scratch);
     }
 
+    /// True when it stopped reading until the next sweep (a line budget or
+    /// a lingering close's byte budget spent): it must be driven again.
+    pub fn take_throttled(&mut self) -> bool {
+        std::mem::take(&mut self.throttled)
+    }
+
     /// Gives it `budget` more lines; true when it was waiting for them.
     pub fn refill(&mut self, budget: u32) -> bool {
         self.budget = budget;
@@ -240,8 +316,16 @@ impl<S> Connection<S> {
     /// Counts one sweep; returns the sweeps since the last complete line,
     /// and the sweeps in a row in which pending bytes did not move at all
     /// (a client that does not read).
+    ///
+    /// While lingering: the sweeps since the client last sent anything, and
+    /// since the lingering began.
     pub fn sweep(&mut self) -> (u32, u32) {
         self.idle += 1;
+        if let Phase::Lingering { discarded } = &mut self.phase {
+            *discarded = 0;
+            self.stalled += 1;
+            return (self.idle, self.stalled);
+        }
         let moved = std::mem::take(&mut self.wrote) | self.stream.take_progress();
         let stuck = self.has_pending() && !moved;
         self.stalled = if stuck { self.stalled + 1 } else { 0 };
@@ -263,7 +347,7 @@ impl<S> Connection<S> {
     /// offering the socket what is queued, more than `max_queue` bytes wait
     /// (the client is not keeping up).
     pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
-        if matches!(self.phase, Phase::Closing(_)) {
+        if matches!(self.phase, Phase::Closing(_) | Phase::Lingering { .. }) {
             return true;
         }
         let mail = self.mail.get_or_insert_with(Box::default);
@@ -301,6 +385,9 @@ impl<S> Connection<S> {
         max_line: usize,
         hup: bool,
     ) -> Status {
+        if self.lingering() {
+            return self.discard(scratch);
+        }
         scratch.budget = self.budget;
         let status = self.work(proto, scratch, max_line, hup);
         self.budget = scratch.budget;
@@ -332,6 +419,7 @@ impl<S> Connection<S> {
             }
             match self.phase {
                 Phase::Closing(why) | Phase::Draining(why) => return Status::Close(why),
+                Phase::Lingering { .. } => return Status::Close(CloseReason::Error),
                 Phase::Open | Phase::Emptying => {}
             }
             // Fairness: a client that sends without pause, or whose lines
@@ -362,6 +450,7 @@ impl<S> Connection<S> {
                             Phase::Open => Status::Wait { want_write: false },
                             Phase::Emptying => Status::Close(CloseReason::Shutdown),
                             Phase::Closing(why) | Phase::Draining(why) => Status::Close(why),
+                            Phase::Lingering { .. } => Status::Close(CloseReason::Error),
                         };
                     }
                 }

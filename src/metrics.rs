@@ -74,6 +74,10 @@ pub struct Metrics {
     queue_bytes: AtomicU64,
     refused: [AtomicU64; 3],
     closed: [AtomicU64; REASONS.len()],
+    lingering: AtomicU64,
+    lingered: [AtomicU64; REASONS.len()],
+    cut: AtomicU64,
+    cut_bytes: AtomicU64,
 }
 
 impl Metrics {
@@ -103,8 +107,26 @@ impl Metrics {
 
     /// Counts a closed connection.
     pub fn closed(&self, why: CloseReason) {
-        let i = REASONS.iter().position(|r| *r == why).unwrap_or(0);
-        self.closed[i].fetch_add(1, Relaxed);
+        self.closed[index(why)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection entering a lingering close.
+    pub fn linger(&self) {
+        self.lingering.fetch_add(1, Relaxed);
+    }
+
+    /// Counts the end of a lingering close: `Client` for the client's EOF,
+    /// `Idle` for a linger timeout, `TooLong` for too many bytes, `Shutdown`
+    /// for the drain timeout.
+    pub fn lingered(&self, why: CloseReason) {
+        self.lingering.fetch_sub(1, Relaxed);
+        self.lingered[index(why)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection the drain timeout cut with `unsent` bytes left.
+    pub fn cut(&self, unsent: u64) {
+        self.cut.fetch_add(1, Relaxed);
+        self.cut_bytes.fetch_add(unsent, Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -173,28 +195,54 @@ impl Metrics {
             "Connections refused at accept.",
             &refused,
         );
-        let labels: Vec<String> = REASONS
-            .iter()
-            .map(|r| {
-                format!(
-                    "{{reason=\"{}\"}}",
-                    r.as_str().to_lowercase().replace(' ', "_")
-                )
-            })
-            .collect();
-        let closed: Vec<(&str, u64)> = labels
-            .iter()
-            .zip(&self.closed)
-            .map(|(label, count)| (label.as_str(), get(count)))
-            .collect();
+        let by_reason = |key: &str, counts: &[AtomicU64]| -> Vec<(String, u64)> {
+            (REASONS.iter().zip(counts))
+                .map(|(r, count)| (format!("{{{key}=\"{}\"}}", r.label()), get(count)))
+                .collect()
+        };
+        let closed = by_reason("reason", &self.closed);
+        let closed: Vec<(&str, u64)> = closed.iter().map(|(l, n)| (l.as_str(), *n)).collect();
         metric(
             "disconnects_total",
             "counter",
             "Connections closed, by reason.",
             &closed,
         );
+        metric(
+            "connections_lingering",
+            "gauge",
+            "Connections closed by the server, discarding what the client still sends until its EOF (not counted as open).",
+            &[("", get(&self.lingering))],
+        );
+        let lingered = by_reason("end", &self.lingered);
+        let lingered: Vec<(&str, u64)> = (lingered.iter())
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| (l.as_str(), *n))
+            .collect();
+        metric(
+            "lingering_closes_total",
+            "counter",
+            "Lingering closes ended, by how: closed_by_client (its EOF), idle_timeout (5 s quiet or 30 s in all), server_shutdown (drain timeout), connection_reset.",
+            &lingered,
+        );
+        metric(
+            "drain_cut_total",
+            "counter",
+            "Connections the drain timeout closed with bytes still unsent.",
+            &[("", get(&self.cut))],
+        );
+        metric(
+            "drain_cut_bytes_total",
+            "counter",
+            "Bytes left unsent on connections the drain timeout closed.",
+            &[("", get(&self.cut_bytes))],
+        );
         out
     }
+}
+
+fn index(why: CloseReason) -> usize {
+    REASONS.iter().position(|r| *r == why).unwrap_or(0)
 }
 
 /// Serves `GET /metrics` on `listener` from a background thread.

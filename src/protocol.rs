@@ -57,6 +57,35 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// True for the closes the server decides while the client may still be
+    /// sending: they end with a lingering close, so that the replies
+    /// already written reach the client instead of being lost to a reset.
+    pub fn lingers(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Protocol
+                | CloseReason::TooLong
+                | CloseReason::Idle
+                | CloseReason::Shutdown
+        )
+    }
+
+    /// Its metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Protocol => "closed_by_protocol",
+            CloseReason::Client => "closed_by_client",
+            CloseReason::Reset => "connection_reset",
+            CloseReason::TooLong => "line_too_long",
+            CloseReason::TooSlow => "too_slow",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::Shutdown => "server_shutdown",
+            CloseReason::Error => "connection_error",
+            CloseReason::Tls => "tls_error",
+            CloseReason::Handshake => "tls_handshake_timeout",
+        }
+    }
+
     /// A few words for logs and notices.
     pub fn as_str(self) -> &'static str {
         match self {

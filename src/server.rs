@@ -85,6 +85,16 @@ impl Default for Config {
 /// costs a handshake, so past this many a refusal is just a close.
 const TLS_REFUSALS: usize = 32;
 
+/// Lingering closes at once, at most, per worker, outside a drain: each
+/// holds a descriptor that no longer counts toward `max_conns`. Past this,
+/// a close is immediate (and may reset a client that is still sending).
+const LINGER_MAX: usize = 1024;
+/// A lingering close ends when the client has sent nothing for this long...
+const LINGER_QUIET: Duration = Duration::from_secs(5);
+/// ...or lasted this long in all (as nginx's `lingering_timeout` and
+/// `lingering_time`).
+const LINGER_TIME: Duration = Duration::from_secs(30);
+
 /// Allow and deny lists of networks. An address in a denied network is
 /// refused; with any allowed network, an address in none of them is too.
 #[derive(Debug, Clone, Default)]
@@ -243,6 +253,10 @@ struct Worker<P: Protocol> {
     queued: u64,
     /// Refused TLS connections still in the slab (see [`TLS_REFUSALS`]).
     refusing: usize,
+    /// Connections in a lingering close (see [`LINGER_MAX`]).
+    lingering: usize,
+    /// Shutting down: no new connections, so lingering is not capped.
+    draining: bool,
 }
 
 struct Entry<S> {
@@ -277,6 +291,8 @@ impl<P: Protocol> Worker<P> {
             budget,
             queued: 0,
             refusing: 0,
+            lingering: 0,
+            draining: false,
         })
     }
 
@@ -292,7 +308,7 @@ impl<P: Protocol> Worker<P> {
             if let Some(at) = deadline
                 && (self.conns.is_empty() || Instant::now() >= at)
             {
-                self.close_all(CloseReason::Shutdown);
+                self.cut_all();
                 return Ok(());
             }
             let now = Instant::now();
@@ -374,15 +390,19 @@ impl<P: Protocol> Worker<P> {
             let text = String::from_utf8_lossy(&line[4..line.len() - 1]);
             tracing::info!(%peer, "refused: {text}");
             if shared.config.tls.is_none() {
-                // A fresh socket's send buffer is empty, so this does not block.
-                let _ = stream.write(line);
+                if self.lingering >= LINGER_MAX {
+                    // A fresh socket's send buffer is empty, so this does
+                    // not block; the close is immediate.
+                    let _ = stream.write(line);
+                    return;
+                }
+                // Told at once, then a lingering close (see `close`).
+            } else if self.refusing >= TLS_REFUSALS {
+                // Over TLS the line needs a handshake first; a few at a time.
                 return;
+            } else {
+                self.refusing += 1;
             }
-            // Over TLS the line needs a handshake first; a few at a time.
-            if self.refusing >= TLS_REFUSALS {
-                return;
-            }
-            self.refusing += 1;
             refusal = Some(why);
         } else {
             shared.config.metrics.accepted();
@@ -403,7 +423,8 @@ impl<P: Protocol> Worker<P> {
             Err(e) => {
                 tracing::warn!(%peer, "cannot serve connection: {e}");
                 match refusal {
-                    Some(_) => self.refusing -= 1,
+                    Some(_) if shared.config.tls.is_some() => self.refusing -= 1,
+                    Some(_) => {}
                     None => shared.release(peer.ip()),
                 }
                 return;
@@ -498,20 +519,55 @@ impl<P: Protocol> Worker<P> {
         }
     }
 
+    /// Ends connection `key` for `why`: with a lingering close when `why`
+    /// is the server's decision ([`CloseReason::lingers`]), else at once.
+    /// For a connection already lingering, `why` says how that ended.
     fn close(&mut self, key: usize, why: CloseReason) {
-        let mut entry = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(entry.conn.stream());
-        if entry.conn.refused() {
-            // Never admitted: told why over TLS, now gone.
-            self.refusing -= 1;
-            entry.conn.finish();
+        self.end(key, why, true);
+    }
+
+    fn end(&mut self, key: usize, why: CloseReason, may_linger: bool) {
+        let metrics = &self.shared.config.metrics;
+        let entry = &mut self.conns[key];
+        if entry.conn.lingering() {
+            let mut entry = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(entry.conn.stream());
+            self.lingering -= 1;
+            metrics.lingered(why);
+            tracing::debug!(peer = %entry.conn.peer(), "lingering close ended: {}", why.as_str());
             return;
         }
-        self.shared.release(entry.conn.peer().ip());
-        self.shared.config.metrics.closed(why);
-        tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
-        // No session: a TLS handshake that never finished; nobody knew it.
-        if let Some(session) = entry.conn.finish() {
+        if entry.conn.refused() {
+            // Never admitted: told why, now gone.
+            if self.shared.config.tls.is_some() {
+                self.refusing -= 1;
+            }
+        } else {
+            self.shared.release(entry.conn.peer().ip());
+            metrics.closed(why);
+            tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+        }
+        let linger = may_linger && why.lingers() && (self.draining || self.lingering < LINGER_MAX);
+        let session = if linger {
+            // It stays in the slab, reading only, until the client's EOF or
+            // a linger limit (`sweep`); it no longer counts as open.
+            self.lingering += 1;
+            metrics.linger();
+            let session = entry.conn.linger();
+            if std::mem::take(&mut entry.want_write) {
+                let registry = self.poll.registry();
+                let _ = registry.reregister(entry.conn.stream(), Token(key), Interest::READABLE);
+            }
+            self.ready.push((key, true));
+            session
+        } else {
+            let mut entry = self.conns.remove(key);
+            let _ = self.poll.registry().deregister(entry.conn.stream());
+            entry.conn.finish()
+        };
+        // No session: refused, or a TLS handshake that never finished;
+        // the protocol never knew it.
+        if let Some(session) = session {
             let mut out = self.scratch.detached(ConnId(key));
             self.proto.close(session, why, &mut out);
         }
@@ -534,6 +590,15 @@ impl<P: Protocol> Worker<P> {
                 self.ready.push((key, true));
             }
             let (idle, stalled) = entry.conn.sweep();
+            if entry.conn.lingering() {
+                let (quiet, total) = sweep.linger;
+                if idle > quiet || stalled > total {
+                    ends.push((key, CloseReason::Idle));
+                } else if entry.conn.take_throttled() {
+                    self.ready.push((key, true));
+                }
+                continue;
+            }
             let past = |limit: Option<u32>, n: u32| limit.is_some_and(|limit| n > limit);
             if entry.conn.handshaking() && past(sweep.handshake, idle) {
                 ends.push((key, CloseReason::Handshake));
@@ -547,7 +612,7 @@ impl<P: Protocol> Worker<P> {
         metrics.queued(std::mem::replace(&mut self.queued, queued), queued);
         for (key, why) in ends {
             match (&sweep.idle, why) {
-                (Some((_, notice)), CloseReason::Idle) => {
+                (Some((_, notice)), CloseReason::Idle) if !self.conns[key].conn.lingering() => {
                     let entry = &mut self.conns[key];
                     let status = entry.conn.end_with(notice, why, &mut self.scratch);
                     self.settle(key, status);
@@ -565,6 +630,7 @@ impl<P: Protocol> Worker<P> {
         // Clients the kernel already connected count as received: take them
         // from the backlog, or closing the listener would reset them.
         self.accept();
+        self.draining = true;
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -578,12 +644,31 @@ impl<P: Protocol> Worker<P> {
         self.flush_dirty();
     }
 
-    fn close_all(&mut self, why: CloseReason) {
+    /// The drain timeout: closes every connection left, now. One that
+    /// still had bytes for its client is logged and counted.
+    fn cut_all(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let unacked = match keys.is_empty() {
+            true => Default::default(),
+            false => crate::kernel::unacked(),
+        };
         for key in keys {
-            if self.conns.contains(key) {
-                self.close(key, why);
+            let Some(entry) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let peer = entry.conn.peer();
+            let local = entry.conn.stream().local_addr();
+            let in_kernel = local.map_or(0, |local| *unacked.get(&(local, peer)).unwrap_or(&0));
+            let unsent = entry.conn.unsent() + in_kernel as usize;
+            if unsent > 0 {
+                tracing::warn!(
+                    %peer,
+                    unsent,
+                    "drain timeout: closed with {unsent} bytes unsent"
+                );
+                self.shared.config.metrics.cut(unsent as u64);
             }
+            self.end(key, CloseReason::Shutdown, false);
         }
         self.scratch.post.clear();
     }
@@ -600,6 +685,8 @@ struct Sweep {
     stall: Option<u32>,
     /// Lines per connection per sweep.
     budget: Option<u32>,
+    /// Sweeps a lingering close may stay quiet, and last in all.
+    linger: (u32, u32),
 }
 
 impl Sweep {
@@ -622,6 +709,7 @@ impl Sweep {
             handshake: handshake.map(sweeps),
             stall: config.write_timeout.map(sweeps),
             budget,
+            linger: (sweeps(LINGER_QUIET), sweeps(LINGER_TIME)),
         }
     }
 }
