@@ -300,6 +300,19 @@ fn history_outlives_an_empty_room() {
 }
 
 #[test]
+fn history_rooms_zero_forgets_a_room_as_it_empties() {
+    let server = serve_binary(&["--mode", "chat", "--history", "3", "--history-rooms", "0"]);
+    let mut a = Member::join(server.addr);
+    a.say("said to nobody");
+    a.say("/quit");
+    assert_eq!(a.rest(), b"* bye\n");
+
+    let mut b = Member::join(server.addr);
+    b.say("/who");
+    b.expect("* members of lobby: user-2");
+}
+
+#[test]
 fn a_hundred_members_at_once_all_see_all_lines_in_one_order() {
     const MEMBERS: usize = 100;
     const LINES: usize = 100;
