@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Chat: lines of a room replayed to whoever joins it.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub history: usize,
+    /// Chat: rooms whose last member left that keep their history for the
+    /// next to join; past it the one emptied longest ago forgets. 0: a
+    /// room forgets its history as it empties.
+    #[arg(long, value_name = "N", default_value_t = sockline::mode::HISTORY_ROOMS)]
+    pub history_rooms: usize,
     /// Bytes of messages from others (chat) a client may leave unread
     /// before it is disconnected as too slow.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]

@@ -82,7 +82,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     match args.mode {
         Mode::Ack => server::run(listener, mode::Ack, config, shutdown),
         Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
-        Mode::Chat => server::run(listener, mode::Chat::new(args.history), config, shutdown),
+        Mode::Chat => {
+            let rooms = mode::LocalRooms::new(args.history).history_rooms(args.history_rooms);
+            server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown)
+        }
     }
     .context("server failed")
 }

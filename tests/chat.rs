@@ -258,15 +258,58 @@ fn a_late_joiner_gets_the_rooms_last_lines() {
         member.expect("* user-3 left");
         member.expect("* user-3 joined");
     }
-    // The last member left dev, so its history went with it.
+    // The last member left dev, but its history stayed for the next.
     c.say("/join dev");
     c.expect("* you joined dev");
+    c.expect("user-3: in dev");
     b.say("/join dev");
     b.expect("* user-3 left");
     b.expect("* you joined dev");
+    b.expect("user-3: in dev");
     c.expect("* user-2 joined");
     b.say("/who");
     b.expect("* members of dev: user-2, user-3");
+}
+
+#[test]
+fn history_outlives_an_empty_room() {
+    // The real binary, so that the default --history-rooms is what is tested.
+    let server = serve_binary(&["--mode", "chat", "--history", "3", "-q"]);
+    let mut a = Member::join(server.addr);
+    a.say("/join dev");
+    a.expect("* you joined dev");
+    for i in 1..=4 {
+        a.say(&format!("line {i}"));
+    }
+    a.say("/quit");
+    // Its lines were read before the /quit, and dev is empty once the
+    // server has closed it (everything runs on one loop).
+    assert_eq!(a.rest(), b"* bye\n");
+
+    let mut b = Member::join(server.addr);
+    b.say("/rooms");
+    b.expect("* rooms: lobby (1)");
+    // /who right away: without the history, its answer comes next.
+    b.say("/join dev");
+    b.say("/who");
+    b.expect("* you joined dev");
+    for want in ["user-1: line 2", "user-1: line 3", "user-1: line 4"] {
+        b.expect(want);
+    }
+    b.expect("* members of dev: user-2");
+}
+
+#[test]
+fn history_rooms_zero_forgets_a_room_as_it_empties() {
+    let server = serve_binary(&["--mode", "chat", "--history", "3", "--history-rooms", "0"]);
+    let mut a = Member::join(server.addr);
+    a.say("said to nobody");
+    a.say("/quit");
+    assert_eq!(a.rest(), b"* bye\n");
+
+    let mut b = Member::join(server.addr);
+    b.say("/who");
+    b.expect("* members of lobby: user-2");
 }
 
 #[test]

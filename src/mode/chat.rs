@@ -20,7 +20,7 @@
 //! | `/nick NEW` | `* you are now NEW` |
 //! | `/join ROOM` | `* you joined ROOM`, then the room's history |
 //! | `/who` | `* members of ROOM: a, b, c` (sorted, ignoring case) |
-//! | `/rooms` | `* rooms: lobby (3), dev (1)` (most members first) |
+//! | `/rooms` | `* rooms: lobby (3), dev (1)` (most members first; only rooms with members) |
 //! | `/help` | two lines starting with `* ` |
 //! | `/quit`, `BYE` | `* bye`, then the server closes |
 //! | `/msg` from OTHER | `*OTHER* TEXT` |
@@ -32,12 +32,23 @@
 //! `BYE` or `/join`), `* NAME left (REASON)` when the connection ended
 //! otherwise (`closed by client`, `too slow`, `line too long`,
 //! `connection error`), `* OLD is now NEW` and `* NAME ACTION` (`/me`).
-//! History is the room's last `NAME: text` lines, sent as they were.
+//!
+//! # History
+//!
+//! History is the room's last `NAME: text` lines (`--history N`), sent as
+//! they were. It outlives the room's last member, so that people who come
+//! and go one at a time still catch up on each other: whoever joins an
+//! emptied room next gets it. So that many distinct rooms created and left
+//! cannot grow memory without bound, only `--history-rooms` emptied rooms
+//! (default [`HISTORY_ROOMS`]) keep theirs; past that, the room that
+//! emptied longest ago forgets first, and `--history-rooms 0` forgets a
+//! room as it empties. A room with members always keeps its history.
+//! Emptied rooms thus hold at most `--history-rooms` × `--history` lines.
 
 mod command;
 mod rooms;
 
-pub use rooms::{LocalRooms, MessageKind, Rooms};
+pub use rooms::{HISTORY_ROOMS, LocalRooms, MessageKind, Rooms};
 
 use crate::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use command::{Input, parse, valid_name};
@@ -71,7 +82,9 @@ struct Member {
 }
 
 impl Chat<LocalRooms> {
-    /// A chat whose rooms replay their last `history` lines to newcomers.
+    /// A chat whose rooms replay their last `history` lines to newcomers,
+    /// also once they have emptied (up to [`HISTORY_ROOMS`] emptied rooms:
+    /// see [`LocalRooms::history_rooms`] for another cap).
     pub fn new(history: usize) -> Self {
         Chat::with_rooms(LocalRooms::new(history))
     }

@@ -5,7 +5,7 @@ mod chat;
 mod echo;
 
 pub use ack::Ack;
-pub use chat::{Chat, LOBBY, LocalRooms, MessageKind, Rooms};
+pub use chat::{Chat, HISTORY_ROOMS, LOBBY, LocalRooms, MessageKind, Rooms};
 pub use echo::Echo;
 
 /// True when `line` is the tutorial's quit word, `BYE` in any ASCII case.

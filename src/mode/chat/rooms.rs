@@ -4,6 +4,14 @@
 //! [`Chat`](super::Chat) talks to rooms only through [`Rooms`], so that
 //! rooms spanning several sockline instances (through Redis pub/sub, say)
 //! can be a second implementation next to [`LocalRooms`], the in-process one.
+//!
+//! A room's history outlives its last member: otherwise a conversation
+//! between people who come and go one at a time would never reach anyone.
+//! What an emptied room keeps is its history, and only that; to keep memory
+//! bounded however many distinct rooms are created and left,
+//! [`LocalRooms`] keeps at most a fixed number of emptied rooms and forgets
+//! the one that emptied longest ago first. Rooms with members keep their
+//! history regardless (they are bounded by the connections).
 
 use crate::{ConnId, Message, Output};
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +35,9 @@ pub trait Rooms: Clone + Send + 'static {
     /// room's history, oldest first, for the newcomer to catch up on.
     fn join(&mut self, room: &str, member: ConnId) -> Vec<Message>;
 
-    /// Takes `member` out of `room`; a room left empty is forgotten.
+    /// Takes `member` out of `room`. A room left empty has no members (it
+    /// is not [`list`](Rooms::list)ed) but may keep its history for the
+    /// next to join it.
     fn leave(&mut self, room: &str, member: ConnId);
 
     /// Sends `msg` to every member of `room` except `from`.
@@ -47,13 +57,35 @@ pub trait Rooms: Clone + Send + 'static {
     fn list(&self) -> Vec<(String, usize)>;
 }
 
+/// Emptied rooms whose history [`LocalRooms::new`] keeps unless told
+/// otherwise ([`LocalRooms::history_rooms`]).
+pub const HISTORY_ROOMS: usize = 1000;
+
 /// Rooms within one event loop: plain maps, no locks, since
 /// [`Chat`](super::Chat) runs every connection on one loop.
-#[derive(Debug, Clone, Default)]
+///
+/// An emptied room that has history stays in `rooms` (with no members) so
+/// that the next to join gets it; at most `history_rooms` such rooms stay,
+/// the one that emptied longest ago going first. Joining an emptied room
+/// makes it a live room again: it leaves the count, and its entry in the
+/// eviction queue goes stale.
+#[derive(Debug, Clone)]
 pub struct LocalRooms {
+    /// Live rooms, and the emptied ones that kept their history.
     rooms: HashMap<String, Room>,
     /// Lines of history kept per room.
     history: usize,
+    /// Most emptied rooms kept; 0 forgets a room as it empties.
+    history_rooms: usize,
+    /// Rooms in the order they emptied, oldest first, each with the stamp
+    /// it got then. An entry is live while its room is still empty with
+    /// that stamp; one whose room was joined since (or forgotten) is stale
+    /// and skipped when met, which spares `join` a search of the queue.
+    emptied: VecDeque<(String, u64)>,
+    /// Live entries in `emptied`: the emptied rooms kept.
+    empty: usize,
+    /// The last stamp given out.
+    stamp: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,21 +94,88 @@ struct Room {
     members: Vec<ConnId>,
     /// The last `history` lines, oldest first.
     history: VecDeque<Message>,
+    /// When the room last emptied: the stamp of its live entry in
+    /// `LocalRooms::emptied` while it has no members.
+    emptied: u64,
+}
+
+impl Default for LocalRooms {
+    fn default() -> Self {
+        LocalRooms::new(0)
+    }
 }
 
 impl LocalRooms {
-    /// Rooms that replay their last `history` lines to each newcomer.
+    /// Rooms that replay their last `history` lines to each newcomer,
+    /// keeping the history of up to [`HISTORY_ROOMS`] emptied rooms.
     pub fn new(history: usize) -> Self {
         LocalRooms {
             rooms: HashMap::new(),
             history,
+            history_rooms: HISTORY_ROOMS,
+            emptied: VecDeque::new(),
+            empty: 0,
+            stamp: 0,
+        }
+    }
+
+    /// Keeps the history of at most `rooms` emptied rooms, forgetting the
+    /// one that emptied longest ago first; 0 forgets a room as it empties.
+    pub fn history_rooms(mut self, rooms: usize) -> Self {
+        self.history_rooms = rooms;
+        self
+    }
+
+    /// Puts the room `name`, just emptied, at the back of the eviction
+    /// queue, then forgets emptied rooms from the front past the cap.
+    fn keep(&mut self, name: &str) {
+        self.stamp += 1;
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.emptied = self.stamp;
+        }
+        self.emptied.push_back((name.to_owned(), self.stamp));
+        self.empty += 1;
+        while self.empty > self.history_rooms {
+            let Some(entry) = self.emptied.pop_front() else {
+                break;
+            };
+            if is_live(&self.rooms, &entry) {
+                self.rooms.remove(&entry.0);
+                self.empty -= 1;
+            }
+        }
+        // Rooms joined again while still in the queue leave stale entries
+        // behind, which the cap above never reaches while few rooms are
+        // empty (one room emptied and rejoined over and over). Dropping
+        // them once they outnumber the live ones keeps the queue within
+        // twice the rooms kept, at amortized O(1) per leave.
+        if self.emptied.len() > 2 * self.empty + 16 {
+            let rooms = &self.rooms;
+            self.emptied.retain(|entry| is_live(rooms, entry));
         }
     }
 }
 
+/// Whether `entry` of `LocalRooms::emptied` still stands for a kept room.
+fn is_live(rooms: &HashMap<String, Room>, (name, stamp): &(String, u64)) -> bool {
+    rooms
+        .get(name)
+        .is_some_and(|room| room.members.is_empty() && room.emptied == *stamp)
+}
+
 impl Rooms for LocalRooms {
-    fn join(&mut self, room: &str, member: ConnId) -> Vec<Message> {
-        let room = self.rooms.entry(room.to_owned()).or_default();
+    fn join(&mut self, name: &str, member: ConnId) -> Vec<Message> {
+        let room = match self.rooms.get_mut(name) {
+            Some(room) => {
+                if room.members.is_empty() {
+                    // A kept emptied room comes back to life; its queue
+                    // entry is stale from now on.
+                    self.empty -= 1;
+                }
+                room
+            }
+            None => self.rooms.entry(name.to_owned()).or_default(),
+        };
         room.members.push(member);
         room.history.iter().cloned().collect()
     }
@@ -85,12 +184,18 @@ impl Rooms for LocalRooms {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
-        if let Some(at) = room.members.iter().position(|&m| m == member) {
-            room.members.swap_remove(at);
+        let Some(at) = room.members.iter().position(|&m| m == member) else {
+            return;
+        };
+        room.members.swap_remove(at);
+        if !room.members.is_empty() {
+            return;
         }
-        if room.members.is_empty() {
-            // Its history goes too: memory stays bounded by the live rooms.
+        if room.history.is_empty() || self.history_rooms == 0 {
+            // Nothing worth keeping, or told to keep nothing.
             self.rooms.remove(name);
+        } else {
+            self.keep(name);
         }
     }
 
@@ -127,6 +232,7 @@ impl Rooms for LocalRooms {
     fn list(&self) -> Vec<(String, usize)> {
         self.rooms
             .iter()
+            .filter(|(_, room)| !room.members.is_empty())
             .map(|(name, room)| (name.clone(), room.members.len()))
             .collect()
     }
@@ -163,7 +269,97 @@ mod tests {
         list.sort();
         assert_eq!(list, [("dev".to_owned(), 1), ("lobby".to_owned(), 3)]);
         rooms.leave("dev", c);
-        assert_eq!(rooms.list().len(), 1, "an empty room is forgotten");
+        assert_eq!(rooms.list().len(), 1, "an empty room is not listed");
         assert!(rooms.members("dev").is_empty());
+        assert!(!rooms.rooms.contains_key("dev"), "nor kept: no history");
+    }
+
+    /// Joins `room` as `member`, says `text` there, and leaves it empty.
+    fn say_and_leave(rooms: &mut LocalRooms, room: &str, member: ConnId, text: &str) {
+        let (mut buf, mut post) = (Vec::new(), Vec::new());
+        let mut out = Output::new(member, &mut buf, &mut post);
+        rooms.join(room, member);
+        rooms.publish(room, member, MessageKind::Line, &msg(text), &mut out);
+        rooms.leave(room, member);
+    }
+
+    /// The emptied rooms kept, sorted.
+    fn kept(rooms: &LocalRooms) -> Vec<&str> {
+        let mut kept: Vec<&str> = (rooms.rooms.iter())
+            .filter(|(_, room)| room.members.is_empty())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        kept.sort();
+        assert_eq!(kept.len(), rooms.empty);
+        kept
+    }
+
+    #[test]
+    fn history_outlives_an_empty_room_but_the_room_is_not_listed() {
+        let (a, b) = (ConnId(1), ConnId(2));
+        let mut rooms = LocalRooms::new(2);
+        say_and_leave(&mut rooms, "dev", a, "1");
+        say_and_leave(&mut rooms, "dev", a, "2");
+        assert!(rooms.list().is_empty());
+        assert!(rooms.members("dev").is_empty());
+        assert_eq!(rooms.join("dev", b), [msg("1"), msg("2")]);
+        assert_eq!(rooms.list(), [("dev".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn emptied_rooms_past_the_cap_are_forgotten_least_recently_emptied_first() {
+        let (a, b) = (ConnId(1), ConnId(2));
+        let mut rooms = LocalRooms::new(2).history_rooms(2);
+        for room in ["r1", "r2", "r3"] {
+            say_and_leave(&mut rooms, room, a, room);
+        }
+        assert_eq!(kept(&rooms), ["r2", "r3"]);
+
+        // r2 is joined and emptied again: it is now the most recent, and
+        // its first (stale) place in the queue does not get it evicted.
+        say_and_leave(&mut rooms, "r2", a, "again");
+        say_and_leave(&mut rooms, "r4", a, "r4");
+        assert_eq!(kept(&rooms), ["r2", "r4"]);
+        assert_eq!(rooms.join("r2", b), [msg("r2"), msg("again")]);
+
+        // A room with a member is not counted and never evicted.
+        for room in ["r5", "r6", "r7"] {
+            say_and_leave(&mut rooms, room, a, room);
+        }
+        assert_eq!(kept(&rooms), ["r6", "r7"]);
+        assert_eq!(rooms.members("r2"), [b]);
+        rooms.leave("r2", b);
+        assert_eq!(kept(&rooms), ["r2", "r7"]);
+        assert_eq!(rooms.join("r1", b), [], "r1 was forgotten");
+    }
+
+    #[test]
+    fn cap_zero_forgets_a_room_as_it_empties() {
+        let (a, b) = (ConnId(1), ConnId(2));
+        let mut rooms = LocalRooms::new(2).history_rooms(0);
+        say_and_leave(&mut rooms, "dev", a, "1");
+        assert!(rooms.rooms.is_empty());
+        assert_eq!(rooms.join("dev", b), []);
+    }
+
+    #[test]
+    fn memory_stays_bounded_by_the_cap() {
+        let (a, b) = (ConnId(1), ConnId(2));
+        let mut rooms = LocalRooms::new(1).history_rooms(3);
+        // Many distinct rooms: at most three kept.
+        for i in 0..10_000 {
+            say_and_leave(&mut rooms, &format!("room-{i}"), a, "hi");
+            assert!(rooms.rooms.len() <= 3);
+            assert!(rooms.emptied.len() <= 2 * 3 + 16);
+        }
+        // One room emptied and rejoined over and over, with another member
+        // keeping a second room alive: the stale entries do not pile up.
+        rooms.join("busy", b);
+        for _ in 0..10_000 {
+            say_and_leave(&mut rooms, "dev", a, "hi");
+            assert!(rooms.emptied.len() <= 2 * 3 + 16);
+        }
+        assert_eq!(kept(&rooms).len(), 3);
+        assert_eq!(rooms.list(), [("busy".to_owned(), 1)]);
     }
 }
