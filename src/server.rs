@@ -89,6 +89,11 @@ const TLS_REFUSALS: usize = 32;
 /// holds a descriptor that no longer counts toward `max_conns`. Past this,
 /// a close is immediate (and may reset a client that is still sending).
 const LINGER_MAX: usize = 1024;
+/// Bytes not yet sent that the kernel may hold for a connection
+/// (`TCP_NOTSENT_LOWAT`): beyond this, writes wait in the server's own
+/// buffers, which `max_queue` and the output cap bound. On loopback a
+/// client that keeps up has almost nothing unsent, so this costs it nothing.
+pub const KERNEL_UNSENT: u32 = 16 * 1024;
 /// A lingering close ends when the client has sent nothing for this long...
 const LINGER_QUIET: Duration = Duration::from_secs(5);
 /// ...or lasted this long in all (as nginx's `lingering_timeout` and
@@ -408,6 +413,9 @@ impl<P: Protocol> Worker<P> {
             shared.config.metrics.accepted();
         }
         let _ = stream.set_nodelay(true);
+        // Keep what waits for a client that does not read in our queues,
+        // where the limits see it, not in a kernel buffer of up to 4 MiB.
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(KERNEL_UNSENT);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let registered = self
