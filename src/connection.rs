@@ -83,7 +83,12 @@ enum Phase {
     Open,
     /// Server shutdown: reading only what already reached the socket
     /// (until a read finds it dry), answering it, then `Draining`.
-    Emptying,
+    Emptying {
+        /// Bytes that were in the socket at the signal and are not read
+        /// yet (`u32::MAX`: unknown, read until dry). A client that keeps
+        /// sending must not keep the drain going.
+        left: u32,
+    },
     /// No more reads: answer the complete lines already buffered, flush, close.
     Draining(CloseReason),
     /// No more answers: flush, close.
@@ -282,14 +287,26 @@ impl<S> Connection<S> {
         }
     }
 
-    /// Server shutdown: the protocol's last word, then reading only until
-    /// the socket is dry; every line that reached it gets its reply, a
+    /// Server shutdown: the protocol's last word, then reading only the
+    /// `unread` bytes that were in the socket at the signal (or, if `None`,
+    /// until it is dry); every line that reached it gets its reply, a
     /// partial line is dropped.
-    pub fn stop_reading<P: Protocol<Session = S>>(&mut self, proto: &mut P, scratch: &mut Scratch) {
+    pub fn stop_reading<P: Protocol<Session = S>>(
+        &mut self,
+        proto: &mut P,
+        scratch: &mut Scratch,
+        unread: Option<u64>,
+    ) {
         if self.phase != Phase::Open {
             return;
         }
-        self.phase = Phase::Emptying;
+        self.phase = match unread {
+            Some(0) => Phase::Draining(CloseReason::Shutdown),
+            Some(n) => Phase::Emptying {
+                left: u32::try_from(n).unwrap_or(u32::MAX - 1),
+            },
+            None => Phase::Emptying { left: u32::MAX },
+        };
         let Some(session) = &mut self.session else {
             return;
         };
@@ -420,7 +437,7 @@ impl<S> Connection<S> {
             match self.phase {
                 Phase::Closing(why) | Phase::Draining(why) => return Status::Close(why),
                 Phase::Lingering { .. } => return Status::Close(CloseReason::Error),
-                Phase::Open | Phase::Emptying => {}
+                Phase::Open | Phase::Emptying { .. } => {}
             }
             // Fairness: a client that sends without pause, or whose lines
             // fan out to others, must not hold the loop.
@@ -428,7 +445,11 @@ impl<S> Connection<S> {
                 return Status::Yield;
             }
             reads += 1;
-            let read = self.stream.read(&mut scratch.input);
+            let want = match self.phase {
+                Phase::Emptying { left } => scratch.input.len().min(left as usize),
+                _ => scratch.input.len(),
+            };
+            let read = self.stream.read(&mut scratch.input[..want]);
             self.greet(proto, scratch);
             match read {
                 Ok(0) => {
@@ -442,20 +463,29 @@ impl<S> Connection<S> {
                 Ok(n) => {
                     scratch.counts.bytes_in += n as u64;
                     self.receive(proto, scratch, n, max_line);
-                    let dry = n < scratch.input.len() && !self.stream.is_tls();
+                    if let Phase::Emptying { left } = &mut self.phase
+                        && *left != u32::MAX
+                    {
+                        *left = left.saturating_sub(n as u32);
+                        if *left == 0 {
+                            // All that was there at the signal is read.
+                            self.phase = Phase::Draining(CloseReason::Shutdown);
+                        }
+                    }
+                    let dry = n < want && !self.stream.is_tls();
                     if !hup && dry && !self.has_pending() && !self.backlog {
                         // A short read drained the socket; epoll will tell us
                         // when more arrives, so skip the read that would fail.
                         return match self.phase {
                             Phase::Open => Status::Wait { want_write: false },
-                            Phase::Emptying => Status::Close(CloseReason::Shutdown),
+                            Phase::Emptying { .. } => Status::Close(CloseReason::Shutdown),
                             Phase::Closing(why) | Phase::Draining(why) => Status::Close(why),
                             Phase::Lingering { .. } => Status::Close(CloseReason::Error),
                         };
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.phase == Phase::Emptying {
+                    if matches!(self.phase, Phase::Emptying { .. }) {
                         // All that reached us is read: answer it, then close.
                         self.phase = Phase::Draining(CloseReason::Shutdown);
                         continue;
@@ -580,7 +610,7 @@ impl<S> Connection<S> {
                 max_line,
             );
             self.after_answer(how, used);
-            if matches!(self.phase, Phase::Open | Phase::Emptying) {
+            if matches!(self.phase, Phase::Open | Phase::Emptying { .. }) {
                 self.input.extend_from_slice(&data[used..]);
             }
             scratch.input = input;

@@ -12,6 +12,7 @@
 //! docs/PERFORMANCE.md).
 
 use crate::connection::{Connection, Scratch, Status};
+use crate::kernel;
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
@@ -643,9 +644,19 @@ impl<P: Protocol> Worker<P> {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let queues = match keys.is_empty() {
+            true => Default::default(),
+            false => kernel::queues(),
+        };
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                entry.conn.stop_reading(&mut self.proto, &mut self.scratch);
+                let peer = entry.conn.peer();
+                let local = entry.conn.stream().local_addr();
+                let unread = local.ok().and_then(|local| queues.get(&(local, peer)));
+                let unread = unread.map(|q| q.unread);
+                entry
+                    .conn
+                    .stop_reading(&mut self.proto, &mut self.scratch, unread);
                 self.drive(key, true);
             }
         }
@@ -656,9 +667,9 @@ impl<P: Protocol> Worker<P> {
     /// still had bytes for its client is logged and counted.
     fn cut_all(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        let unacked = match keys.is_empty() {
+        let queues = match keys.is_empty() {
             true => Default::default(),
-            false => crate::kernel::unacked(),
+            false => kernel::queues(),
         };
         for key in keys {
             let Some(entry) = self.conns.get_mut(key) else {
@@ -666,8 +677,8 @@ impl<P: Protocol> Worker<P> {
             };
             let peer = entry.conn.peer();
             let local = entry.conn.stream().local_addr();
-            let in_kernel = local.map_or(0, |local| *unacked.get(&(local, peer)).unwrap_or(&0));
-            let unsent = entry.conn.unsent() + in_kernel as usize;
+            let queued = local.ok().and_then(|local| queues.get(&(local, peer)));
+            let unsent = entry.conn.unsent() + queued.map_or(0, |q| q.unacked as usize);
             if unsent > 0 {
                 tracing::warn!(
                     %peer,
