@@ -12,6 +12,7 @@ mod common;
 
 use common::KillOnDrop;
 use nix::pty::{Winsize, openpty};
+use nix::sys::termios::{LocalFlags, tcgetattr};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{ChildStdin, Command, Stdio};
@@ -54,6 +55,8 @@ fn receive_attack(wiring: Wiring, extra: &[&str]) -> Vec<u8> {
         .stderr(Stdio::piped());
     // The terminal's other end, if any: we read it, and type into it.
     let mut master = None;
+    // The client's end, for the line editor: to see when it reads keys.
+    let mut probe = None;
     let output = match wiring {
         Wiring::Pipes => {
             command.stdin(Stdio::piped()).stdout(Stdio::piped());
@@ -69,7 +72,10 @@ fn receive_attack(wiring: Wiring, extra: &[&str]) -> Vec<u8> {
             };
             let pty = openpty(&size, None).expect("openpty");
             let stdin = match wiring {
-                Wiring::Editor => Stdio::from(pty.slave.try_clone().unwrap()),
+                Wiring::Editor => {
+                    probe = Some(pty.slave.try_clone().unwrap());
+                    Stdio::from(pty.slave.try_clone().unwrap())
+                }
                 _ => Stdio::piped(),
             };
             command.stdin(stdin).stdout(Stdio::from(pty.slave));
@@ -105,10 +111,23 @@ fn receive_attack(wiring: Wiring, extra: &[&str]) -> Vec<u8> {
     out.wait_for(b"user-2: done");
 
     // Stdin EOF: the client half-closes, the server closes, the client exits.
-    match master.as_mut() {
-        Some(master) if matches!(wiring, Wiring::Editor) => {
-            // Ctrl-D on the empty prompt.
+    match (master.as_mut(), probe.take()) {
+        (Some(master), Some(probe)) => {
+            // Ctrl-D on the empty prompt, once the editor reads keys (raw
+            // mode): before, the terminal itself would take it, and the
+            // lines may well come before the prompt is up.
+            let until = Instant::now() + DEADLINE;
+            while tcgetattr(&probe)
+                .unwrap()
+                .local_flags
+                .contains(LocalFlags::ICANON)
+            {
+                assert!(Instant::now() < until, "the line editor never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             master.write_all(b"\x04").unwrap();
+            // Reading the master ends once the client's end is all closed.
+            drop(probe);
         }
         _ => drop(stdin.take()),
     }
