@@ -154,6 +154,11 @@ pub struct ConnectArgs {
     /// The private key (PEM) for --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Print the server's bytes as they are. By default, on a terminal,
+    /// control characters are shown escaped (^[ for ESC), so a server or a
+    /// chat member cannot drive your terminal; piped output is never escaped.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 impl ConnectArgs {

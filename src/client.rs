@@ -1,6 +1,12 @@
 //! The interactive client (`sockline connect`): stdin lines go to the
 //! server, the server's bytes go to stdout as they arrive.
 //!
+//! Those bytes are the server's, and in a chat anyone's: on a terminal,
+//! control characters among them would be obeyed (recolour, retitle,
+//! clear the screen), so when stdout is a terminal they are shown escaped
+//! ([`crate::escape`]) unless the user asks for `raw`. Piped stdout gets
+//! the bytes exactly as they came.
+//!
 //! This module owns one session from connecting to exit, and the rule for
 //! how it ends (BYE, stdin EOF, the server closing, stdout closing). It runs
 //! on a current-thread tokio runtime so that reading the socket never waits
@@ -17,10 +23,12 @@
 
 mod tty;
 
+use crate::escape::{escape, unfinished};
 use crate::mode::is_bye;
 use crate::tls::ClientTls;
+use std::borrow::Cow;
 use std::cell::Cell;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, IsTerminal as _, Write};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,19 +50,21 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Connects to `addr` (`HOST:PORT`) and runs an interactive session: every
-/// stdin line is sent, every byte from the server is printed.
+/// stdin line is sent, every byte from the server is printed (with control
+/// characters escaped if stdout is a terminal, unless `raw`).
 ///
 /// `timeout` bounds connecting (and the TLS handshake, with `tls`) and,
 /// after the user sends `BYE`, the wait for the server to close. Returns
 /// `Ok` after `BYE`, after stdin EOF once the server has closed, when stdout
 /// is closed, or (in a terminal) on Ctrl-C; an error if connecting fails or
 /// the server ends the session first.
-pub fn run(addr: &str, timeout: Duration, tls: Option<&ClientTls>) -> io::Result<()> {
+pub fn run(addr: &str, timeout: Duration, tls: Option<&ClientTls>, raw: bool) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut terminal = None;
-    let result = runtime.block_on(session(addr, timeout, tls, &mut terminal));
+    let escaped = !raw && io::stdout().is_terminal();
+    let result = runtime.block_on(session(addr, timeout, tls, escaped, &mut terminal));
     // Do not wait for a name lookup still blocked in the background.
     runtime.shutdown_background();
     if let Some(terminal) = terminal {
@@ -80,11 +90,13 @@ enum Printed {
 }
 
 /// Connects, starts reading stdin (with the line editor if stdin and stdout
-/// are a terminal: then `terminal` is set, for [`run`] to finish) and talks.
+/// are a terminal: then `terminal` is set, for [`run`] to finish) and talks;
+/// prints control characters escaped if `escaped`.
 async fn session(
     addr: &str,
     timeout: Duration,
     tls: Option<&ClientTls>,
+    escaped: bool,
     terminal: &mut Option<Terminal>,
 ) -> io::Result<()> {
     // Bad TLS settings are reported before any connecting.
@@ -114,8 +126,8 @@ async fn session(
     let (mut from_server, mut to_server) = tokio::io::split(stream);
     let printing = async {
         match &printer {
-            Some(printer) => tty::print_lines(&mut from_server, printer).await,
-            None => print_replies(&mut from_server).await,
+            Some(printer) => tty::print_lines(&mut from_server, printer, escaped).await,
+            None => print_replies(&mut from_server, escaped).await,
         }
     };
     let interrupted = async {
@@ -222,24 +234,47 @@ async fn handshake(
 }
 
 /// Copies the server's bytes to stdout, flushing each chunk, until the
-/// server closes or stdout does.
-async fn print_replies(from: &mut (impl AsyncRead + Unpin)) -> io::Result<Printed> {
+/// server closes or stdout does; with `escaped`, control characters are
+/// shown escaped.
+async fn print_replies(from: &mut (impl AsyncRead + Unpin), escaped: bool) -> io::Result<Printed> {
     let mut buf = vec![0; CHUNK];
+    // Escaping: the end of the bytes so far whose escaping depends on the
+    // bytes to come (half a UTF-8 character, a `\r`), kept for them.
+    let mut held = Vec::new();
     loop {
         let n = from.read(&mut buf).await.map_err(session_error)?;
+        let shown = if escaped {
+            held.extend_from_slice(&buf[..n]);
+            let ready = match n {
+                0 => held.len(),
+                _ => held.len() - unfinished(&held),
+            };
+            let shown = escape(&held[..ready]).into_owned();
+            held.drain(..ready);
+            Cow::Owned(shown)
+        } else {
+            Cow::Borrowed(&buf[..n])
+        };
+        if !shown.is_empty() && !print(&shown)? {
+            return Ok(Printed::StdoutClosed);
+        }
         if n == 0 {
             return Ok(Printed::ServerClosed);
         }
-        // A blocking write: while stdout is stalled the session is too,
-        // which is the backpressure we want.
-        let mut stdout = io::stdout().lock();
-        match stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Printed::StdoutClosed),
-            Err(e) => {
-                let why = format!("cannot write to stdout: {}", describe(&e));
-                return Err(io::Error::new(e.kind(), why));
-            }
+    }
+}
+
+/// Writes `bytes` to stdout and flushes; `false` if nobody reads stdout.
+fn print(bytes: &[u8]) -> io::Result<bool> {
+    // A blocking write: while stdout is stalled the session is too, which
+    // is the backpressure we want.
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => {
+            let why = format!("cannot write to stdout: {}", describe(&e));
+            Err(io::Error::new(e.kind(), why))
         }
     }
 }

@@ -745,7 +745,7 @@ fn answer<P: Protocol>(
         if line.len() > max_line {
             return (pos, too_long(out, max_line));
         }
-        tracing::debug!("Client {peer}: {}", String::from_utf8_lossy(line));
+        tracing::debug!("Client {peer}: {}", crate::escape::escape_lossy(line));
         scratch.counts.lines_in += 1;
         if scratch.budget != u32::MAX {
             scratch.budget -= 1;

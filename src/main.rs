@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Connect(args) => {
-            sockline::client::run(&args.addr, args.timeout, args.tls().as_ref())
+            sockline::client::run(&args.addr, args.timeout, args.tls().as_ref(), args.raw)
                 .map_err(anyhow::Error::from)
         }
         Command::Bench(args) => sockline::bench::command(

@@ -163,7 +163,7 @@ fn commands_rooms_and_private_messages() {
 
     // Actions, private messages (across rooms), escapes.
     c.say("/me waves");
-    b.expect("* carol waves");
+    b.expect("~ carol waves");
     c.say("/me");
     c.expect("ERR usage: /me ACTION");
     c.say("/msg Alice psst, over here");
@@ -191,6 +191,21 @@ fn commands_rooms_and_private_messages() {
     // A freed nick can be taken again.
     b.say("/nick carol");
     b.expect("* you are now carol");
+}
+
+#[test]
+fn an_action_cannot_pass_for_a_server_notice() {
+    let server = start(Chat::new(0), Config::default());
+    let mut a = Member::join(server.addr);
+    let mut b = Member::join(server.addr);
+    a.expect("* user-2 joined");
+    b.say("/me left (too slow)");
+    let action = a.next();
+    assert_eq!(action, "~ user-2 left (too slow)");
+    // Lines starting with `* ` are the server's own voice only.
+    assert_ne!(action, "* user-2 left (too slow)");
+    drop(b);
+    a.expect("* user-2 left (closed by client)");
 }
 
 #[test]
@@ -232,7 +247,7 @@ fn a_late_joiner_gets_the_rooms_last_lines() {
     for i in 1..=5 {
         b.expect(&format!("user-1: line {i}"));
     }
-    b.expect("* user-1 is not history");
+    b.expect("~ user-1 is not history");
 
     // After the welcome: the last three chat lines, then live traffic.
     let mut c = Member::join(server.addr);

@@ -305,6 +305,28 @@ fn logs_connections_at_info_and_lines_with_verbose() {
 }
 
 #[test]
+fn verbose_log_shows_control_bytes_escaped() {
+    let mut server = serve_binary(&["-v"]);
+    let mut client = connect(server.addr);
+    let peer = client.local_addr().unwrap();
+    send(
+        &mut client,
+        b"nul\x00 soh\x01 bel\x07 esc\x1b[2J del\x7f csi\xc2\x9b \x9b end\nBYE\n",
+    );
+    assert_eq!(read_to_close(&mut client), REPLY.repeat(2));
+    signal(server.child.id(), "-TERM");
+    wait_exit(&mut server, Duration::from_secs(10));
+    let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+        .join()
+        .unwrap();
+    let want = format!("Client {peer}: nul^@ soh^A bel^G esc^[[2J del^? csi\\xc2\\x9b \\x9b end\n");
+    assert!(log.contains(&want), "{want:?} not in {log:?}");
+    for raw in ['\0', '\x01', '\x07', '\x1b', '\x7f', '\u{9b}'] {
+        assert!(!log.contains(raw), "{raw:?} in {log:?}");
+    }
+}
+
+#[test]
 fn quiet_hides_connection_logs() {
     let mut server = serve_binary(&["-q"]);
     let mut client = connect(server.addr);

@@ -24,6 +24,7 @@
 //! into `Interrupted`.
 
 use super::{LineSender, Printed, describe, session_error};
+use crate::escape::{escape_lossy, unfinished};
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use signal_hook::consts::SIGINT;
@@ -196,11 +197,13 @@ fn print(mut printer: impl ExternalPrinter, mut queued: mpsc::Receiver<String>) 
 }
 
 /// The terminal's `print_replies`: sends the server's bytes to `printer`
-/// as whole lines (lossy UTF-8), keeping a partial line until its end
-/// comes, the server closes, or it grows past [`LONGEST_PARTIAL`].
+/// as whole lines (lossy UTF-8; with `escaped`, control characters shown
+/// escaped), keeping a partial line until its end comes, the server closes,
+/// or it grows past [`LONGEST_PARTIAL`].
 pub(super) async fn print_lines(
     from: &mut (impl AsyncRead + Unpin),
     printer: &mpsc::Sender<String>,
+    escaped: bool,
 ) -> io::Result<Printed> {
     let mut buf = vec![0; super::CHUNK];
     let mut partial = Vec::new();
@@ -209,11 +212,19 @@ pub(super) async fn print_lines(
         partial.extend_from_slice(&buf[..n]);
         let whole = match memchr::memrchr(b'\n', &partial) {
             Some(end) => end + 1,
-            None if n == 0 || partial.len() >= LONGEST_PARTIAL => partial.len(),
+            None if n == 0 => partial.len(),
+            // Not in the middle of a UTF-8 character, or of a `\r\n`.
+            None if partial.len() >= LONGEST_PARTIAL => partial.len() - unfinished(&partial),
             None => 0,
         };
         if whole > 0 {
-            let mut text = String::from_utf8_lossy(&partial[..whole]).into_owned();
+            let bytes = &partial[..whole];
+            let mut text = if escaped {
+                escape_lossy(bytes)
+            } else {
+                String::from_utf8_lossy(bytes)
+            }
+            .into_owned();
             partial.drain(..whole);
             if !text.ends_with('\n') {
                 text.push('\n');

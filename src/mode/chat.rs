@@ -31,7 +31,14 @@
 //! which sends `/text`), `* NAME joined`, `* NAME left` (after `/quit`,
 //! `BYE` or `/join`), `* NAME left (REASON)` when the connection ended
 //! otherwise (`closed by client`, `too slow`, `line too long`,
-//! `connection error`), `* OLD is now NEW` and `* NAME ACTION` (`/me`).
+//! `connection error`), `* OLD is now NEW` and `~ NAME ACTION` (`/me`).
+//!
+//! A line starting with `* ` is the server's own voice, and only the
+//! server's. What members say always comes with their name in front
+//! (`NAME: text`, `*NAME* text`, `~ NAME action`), and a name is made of
+//! `A-Za-z0-9_-`, so no member can start a line with `* `: `/me left (too
+//! slow)` reaches the room as `~ bob left (too slow)`, which cannot pass
+//! for the server saying that bob was dropped.
 //!
 //! # History
 //!
@@ -241,7 +248,7 @@ impl<R: Rooms> Protocol for Chat<R> {
                     .publish(&member.room, id, MessageKind::Line, &msg, out);
             }
             Input::Me(action) => {
-                let msg = message(&[b"* ", member.name.as_bytes(), b" ", action]);
+                let msg = message(&[b"~ ", member.name.as_bytes(), b" ", action]);
                 self.rooms
                     .publish(&member.room, id, MessageKind::Notice, &msg, out);
             }
