@@ -9,6 +9,8 @@
 # over each server's.
 #
 #   bench/chat.sh            (DURATION s per case and server, default 10)
+#   BEFORE=path/to/older/sockline bench/chat.sh
+#                            (also that binary, in the same rotation: an A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -21,12 +23,14 @@ OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 SERVERS=(sockline perline batched)
+if [ -n "${BEFORE:-}" ]; then SERVERS=(sockline before perline batched); fi
 
 # start SERVER: starts it on CPU 0 on a free port; sets PID and ADDR.
 start() {
   local log=$OUT/$1.log
   case $1 in
     sockline) taskset -c 0 "$SOCKLINE" serve --mode chat -q --listen 127.0.0.1:0 2>"$log" & ;;
+    before)   taskset -c 0 "$BEFORE" serve --mode chat -q --listen 127.0.0.1:0 2>"$log" & ;;
     *)        taskset -c 0 "$FLOOR" 0 "$1" 2>"$log" & ;;
   esac
   PID=$!
@@ -51,7 +55,7 @@ run() { # members senders rate
 import json, sys
 out, case, servers = sys.argv[1], sys.argv[2], sys.argv[3:]
 rep = {s: json.load(open(f"{out}/{case}.{s}.json")) for s in servers}
-names = {"sockline": "sockline", "perline": "C perline (floor)", "batched": "C batched"}
+names = {"sockline": "sockline", "before": "sockline (BEFORE)", "perline": "C perline (floor)", "batched": "C batched"}
 cpu = lambda s: rep[s].get("server_cpu_us_per_op")
 print("| server | delivered / expected | p99 delivery | server CPU per delivery | sockline / this | errors |")
 print("|---|---|---|---|---|---|")

@@ -40,6 +40,10 @@ pub struct Scratch {
     pub(crate) counts: Counts,
     /// The line budget of the connection being driven.
     budget: u32,
+    /// Bytes a lingering connection may read per sweep: [`LINGER_BYTES`],
+    /// or no limit in a drain (which its timeout bounds), so that clients
+    /// still sending do not hold the shutdown.
+    pub(crate) linger_bytes: u32,
 }
 
 impl Default for Scratch {
@@ -50,6 +54,7 @@ impl Default for Scratch {
             post: Vec::new(),
             counts: Counts::default(),
             budget: u32::MAX,
+            linger_bytes: LINGER_BYTES,
         }
     }
 }
@@ -261,14 +266,16 @@ impl<S> Connection<S> {
     }
 
     /// A lingering connection's turn: reads and discards until the socket is
-    /// dry or [`LINGER_BYTES`] were read since the last sweep (wait), or
-    /// until the client's EOF or an error (close; the reason says which).
+    /// dry or [`LINGER_BYTES`] were read since the last sweep (wait; no
+    /// limit in a drain), or until the client's EOF or an error (close; the
+    /// reason says which). Like [`drive`](Self::drive), it yields after a
+    /// few reads so a flood does not hold the loop.
     fn discard(&mut self, scratch: &mut Scratch) -> Status {
         let Phase::Lingering { discarded } = &mut self.phase else {
             return Status::Close(CloseReason::Error);
         };
-        loop {
-            if *discarded >= LINGER_BYTES {
+        for _ in 0..READ_BUDGET {
+            if *discarded >= scratch.linger_bytes {
                 self.throttled = true;
                 return Status::Wait { want_write: false };
             }
@@ -285,6 +292,7 @@ impl<S> Connection<S> {
                 Err(e) => return Status::Close(error_reason(&e)),
             }
         }
+        Status::Yield
     }
 
     /// Server shutdown: the protocol's last word, then reading only the

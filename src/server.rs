@@ -640,6 +640,7 @@ impl<P: Protocol> Worker<P> {
         // from the backlog, or closing the listener would reset them.
         self.accept();
         self.draining = true;
+        self.scratch.linger_bytes = u32::MAX;
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
