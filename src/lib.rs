@@ -41,6 +41,7 @@ pub mod bench;
 pub mod client;
 pub mod connection;
 pub mod escape;
+pub mod framing;
 pub mod kernel;
 pub mod metrics;
 pub mod mode;

@@ -1,9 +1,10 @@
 //! The trait a line protocol implements: a line in, zero or more lines out.
 //!
 //! The server owns sockets, buffers and framing; a protocol only sees whole
-//! lines (without `\n` or a trailing `\r`) and appends replies to an
-//! [`Output`]. Everything a protocol appends while answering the lines of one
-//! read leaves in a single write.
+//! lines (without `\n` or a trailing `\r`) and answers with lines (without
+//! their `\n`) appended to an [`Output`], which frames them
+//! ([`crate::framing`]). Everything a protocol appends while answering the
+//! lines of one read leaves in a single write.
 //!
 //! Each event-loop thread gets its own clone of the protocol, so methods take
 //! `&mut self`; state shared by all clients lives behind an `Arc`. A protocol
@@ -11,6 +12,7 @@
 //! then reaches any other connection with [`Output::send`]: a [`Message`] is
 //! encoded once and shared by all its recipients.
 
+use crate::framing::Framing;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,7 +29,8 @@ pub enum Flow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub(crate) usize);
 
-/// Bytes bound for several connections, encoded once.
+/// A line bound for several connections, encoded once and shared: its
+/// payload, without the `\n`, which the framing adds as it is written.
 pub type Message = Arc<[u8]>;
 
 /// Why a connection ended, as told to [`Protocol::close`].
@@ -129,6 +132,7 @@ pub trait Protocol: Clone + Send + 'static {
 /// messages to any other.
 pub struct Output<'a> {
     id: ConnId,
+    framing: Framing,
     buf: &'a mut Vec<u8>,
     post: &'a mut Vec<(ConnId, Message)>,
 }
@@ -136,10 +140,16 @@ pub struct Output<'a> {
 impl<'a> Output<'a> {
     pub(crate) fn new(
         id: ConnId,
+        framing: Framing,
         buf: &'a mut Vec<u8>,
         post: &'a mut Vec<(ConnId, Message)>,
     ) -> Self {
-        Output { id, buf, post }
+        Output {
+            id,
+            framing,
+            buf,
+            post,
+        }
     }
 
     /// The connection being served.
@@ -147,15 +157,9 @@ impl<'a> Output<'a> {
         self.id
     }
 
-    /// Appends `line` and a `\n`.
+    /// Appends the line `line` (without its `\n`: the framing adds it).
     pub fn line(&mut self, line: &[u8]) {
-        self.buf.extend_from_slice(line);
-        self.buf.push(b'\n');
-    }
-
-    /// Appends raw bytes, which should end with `\n`.
-    pub fn raw(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.framing.encode(line, self.buf);
     }
 
     /// Queues `msg` for connection `to` (on this event loop), after the

@@ -268,6 +268,9 @@ struct Worker<P: Protocol> {
 struct Entry<S> {
     conn: Connection<S>,
     want_write: bool,
+    /// Counted as open (not a client refused at accept, kept only to be
+    /// told why).
+    admitted: bool,
 }
 
 impl<P: Protocol> Worker<P> {
@@ -454,6 +457,7 @@ impl<P: Protocol> Worker<P> {
         entry.insert(Entry {
             conn,
             want_write: false,
+            admitted: refusal.is_none(),
         });
         self.deliver_post();
         self.drive(key, false);
@@ -546,7 +550,7 @@ impl<P: Protocol> Worker<P> {
             tracing::debug!(peer = %entry.conn.peer(), "lingering close ended: {}", why.as_str());
             return;
         }
-        if entry.conn.refused() {
+        if !entry.admitted {
             // Never admitted: told why, now gone.
             if self.shared.config.tls.is_some() {
                 self.refusing -= 1;
@@ -736,11 +740,7 @@ impl Sweep {
 
 /// The last line to a connection closed for idleness.
 fn idle_notice(timeout: Duration) -> Vec<u8> {
-    format!(
-        "ERR idle timeout (no line for {} s)\n",
-        timeout.as_secs_f64()
-    )
-    .into_bytes()
+    format!("ERR idle timeout (no line for {} s)", timeout.as_secs_f64()).into_bytes()
 }
 
 fn is_out_of_resources(e: &io::Error) -> bool {

@@ -8,14 +8,18 @@
 //! sockets are non-blocking `mio` sockets, not tokio ones.
 //!
 //! TLS state is boxed, so a plain connection pays one pointer's worth for it.
+//! Unit tests use a third kind, [`Memory`], to drive a connection's states
+//! and partial writes without sockets.
 
+use crate::framing::Framing;
 use mio::net::TcpStream;
 use rustls::{InvalidMessage, ServerConnection};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 
-/// The line a plain-text client gets from a TLS server.
-pub const NOT_TLS: &[u8] = b"ERR this server speaks TLS (try sockline connect --tls)\n";
+/// The line a plain-text client gets from a TLS server (framed as a line:
+/// it never got as far as a connection with a framing of its own).
+pub const NOT_TLS: &[u8] = b"ERR this server speaks TLS (try sockline connect --tls)";
 
 /// Plain TCP or TLS.
 pub enum Transport {
@@ -23,6 +27,57 @@ pub enum Transport {
     Plain(TcpStream),
     /// A rustls server session over the socket.
     Tls(Box<Tls>),
+    /// Bytes in memory, for unit tests.
+    #[cfg(test)]
+    Memory(Box<Memory>),
+}
+
+/// An in-memory stream: what the client sent, what it received, and how
+/// much more it will take before a write would block.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Bytes the client sent that were not read yet.
+    pub input: std::collections::VecDeque<u8>,
+    /// The client closed its side once `input` is read.
+    pub eof: bool,
+    /// Bytes the client received.
+    pub output: Vec<u8>,
+    /// Bytes writes may still take; at 0 a write would block.
+    pub room: usize,
+    /// Our side was shut down.
+    pub shut: bool,
+}
+
+#[cfg(test)]
+impl Memory {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return match self.eof {
+                true => Ok(0),
+                false => Err(io::ErrorKind::WouldBlock.into()),
+            };
+        }
+        let n = buf.len().min(self.input.len());
+        for (to, from) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *to = from;
+        }
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice]) -> io::Result<usize> {
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for buf in bufs {
+            let take = buf.len().min(self.room - n);
+            self.output.extend_from_slice(&buf[..take]);
+            n += take;
+        }
+        self.room -= n;
+        Ok(n)
+    }
 }
 
 /// A TLS session and its socket.
@@ -52,6 +107,8 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp,
             Transport::Tls(tls) => &mut tls.tcp,
+            #[cfg(test)]
+            Transport::Memory(_) => panic!("an in-memory stream has no socket"),
         }
     }
 
@@ -63,16 +120,16 @@ impl Transport {
     /// True while a TLS handshake is under way.
     pub fn handshaking(&self) -> bool {
         match self {
-            Transport::Plain(_) => false,
             Transport::Tls(tls) => tls.session.is_handshaking(),
+            _ => false,
         }
     }
 
     /// True when encrypted records wait for the socket.
     pub fn tls_pending(&self) -> bool {
         match self {
-            Transport::Plain(_) => false,
             Transport::Tls(tls) => tls.session.wants_write() && !tls.mute,
+            _ => false,
         }
     }
 
@@ -80,16 +137,16 @@ impl Transport {
     /// reading, even if no new plaintext was taken.
     pub fn take_progress(&mut self) -> bool {
         match self {
-            Transport::Plain(_) => false,
             Transport::Tls(tls) => std::mem::take(&mut tls.sent),
+            _ => false,
         }
     }
 
     /// Sends the records rustls holds; true when none is left.
     pub fn flush_tls(&mut self) -> io::Result<bool> {
         match self {
-            Transport::Plain(_) => Ok(true),
             Transport::Tls(tls) => tls.flush(),
+            _ => Ok(true),
         }
     }
 
@@ -99,6 +156,19 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.read(buf),
             Transport::Tls(tls) => tls.read(buf),
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.read(buf),
+        }
+    }
+
+    /// Reads the bytes as they come off the wire, past any TLS: for a
+    /// connection that only throws away what it still receives.
+    pub fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.read(buf),
+            Transport::Tls(tls) => tls.tcp.read(buf),
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.read(buf),
         }
     }
 
@@ -108,6 +178,8 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.write(buf),
             Transport::Tls(tls) => tls.write(|session| session.writer().write(buf)),
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.write_vectored(&[IoSlice::new(buf)]),
         }
     }
 
@@ -116,18 +188,27 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.write_vectored(bufs),
             Transport::Tls(tls) => tls.write(|session| session.writer().write_vectored(bufs)),
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.write_vectored(bufs),
         }
     }
 
     /// Ends our side: `close_notify` (TLS, once a session exists), then a FIN.
     pub fn shutdown_write(&mut self) {
-        if let Transport::Tls(tls) = self
-            && !tls.session.is_handshaking()
-        {
-            tls.session.send_close_notify();
-            let _ = tls.flush();
+        match self {
+            Transport::Plain(tcp) => {
+                let _ = tcp.shutdown(Shutdown::Write);
+            }
+            Transport::Tls(tls) => {
+                if !tls.session.is_handshaking() {
+                    tls.session.send_close_notify();
+                    let _ = tls.flush();
+                }
+                let _ = tls.tcp.shutdown(Shutdown::Write);
+            }
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.shut = true,
         }
-        let _ = self.tcp().shutdown(Shutdown::Write);
     }
 }
 
@@ -150,7 +231,7 @@ impl Tls {
                 // reads a line.
                 let plain = rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType);
                 if self.session.is_handshaking() && e == plain {
-                    let _ = self.tcp.write(NOT_TLS);
+                    let _ = self.tcp.write(&Framing::Line.frame(NOT_TLS));
                     self.mute = true;
                 } else {
                     let _ = self.flush();

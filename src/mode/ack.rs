@@ -5,8 +5,8 @@ use super::is_bye;
 use crate::{Flow, Output, Protocol};
 use std::net::SocketAddr;
 
-/// The reply to every line.
-pub const REPLY: &[u8] = b" MSG Received\n";
+/// The reply to every line (the framing adds its `\n`).
+pub const REPLY: &[u8] = b" MSG Received";
 
 /// The tutorial's acknowledging server.
 #[derive(Debug, Default, Clone, Copy)]
@@ -18,7 +18,7 @@ impl Protocol for Ack {
     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 
     fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
-        out.raw(REPLY);
+        out.line(REPLY);
         if is_bye(line) {
             Flow::Close
         } else {

@@ -65,9 +65,10 @@ use std::net::SocketAddr;
 /// The room every member starts in.
 pub const LOBBY: &str = "lobby";
 
-const HELP: &[u8] = b"* commands: /nick NAME, /join ROOM, /who, /rooms, /me ACTION, \
-/msg NAME TEXT, /help, /quit (or BYE)\n\
-* any other line goes to your room; start it with // to send a line beginning with /\n";
+const HELP: [&[u8]; 2] = [
+    b"* commands: /nick NAME, /join ROOM, /who, /rooms, /me ACTION, /msg NAME TEXT, /help, /quit (or BYE)",
+    b"* any other line goes to your room; start it with // to send a line beginning with /",
+];
 
 /// The chat server. Rooms are behind [`Rooms`]; [`Chat::new`] keeps them
 /// in this process.
@@ -126,7 +127,7 @@ impl<R: Rooms> Chat<R> {
         self.rooms
             .publish(&member.room, id, MessageKind::Notice, &joined, out);
         for line in self.rooms.join(&member.room, id) {
-            out.raw(&line);
+            out.line(&line);
         }
     }
 
@@ -257,7 +258,7 @@ impl<R: Rooms> Protocol for Chat<R> {
             Input::Rooms => self.list_rooms(out),
             Input::Nick(name) => self.nick(id, name, out),
             Input::Join(room) => self.join(id, room, out),
-            Input::Help => out.raw(HELP),
+            Input::Help => HELP.iter().for_each(|line| out.line(line)),
             Input::Quit => {
                 out.line(b"* bye");
                 return Flow::Close;
@@ -294,14 +295,9 @@ impl<R: Rooms> Protocol for Chat<R> {
     }
 }
 
-/// `parts` and a `\n`, encoded once for all recipients.
+/// `parts` joined: one line, encoded once for all its recipients.
 fn message(parts: &[&[u8]]) -> Message {
-    let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 1);
-    for part in parts {
-        bytes.extend_from_slice(part);
-    }
-    bytes.push(b'\n');
-    bytes.into()
+    parts.concat().into()
 }
 
 /// A `* ...` notice line.

@@ -251,7 +251,7 @@ mod tests {
         let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
         let mut rooms = LocalRooms::new(2);
         let (mut buf, mut post) = (Vec::new(), Vec::new());
-        let mut out = Output::new(a, &mut buf, &mut post);
+        let mut out = Output::new(a, Default::default(), &mut buf, &mut post);
         rooms.join("lobby", a);
         rooms.join("lobby", b);
         rooms.join("dev", c);
@@ -277,7 +277,7 @@ mod tests {
     /// Joins `room` as `member`, says `text` there, and leaves it empty.
     fn say_and_leave(rooms: &mut LocalRooms, room: &str, member: ConnId, text: &str) {
         let (mut buf, mut post) = (Vec::new(), Vec::new());
-        let mut out = Output::new(member, &mut buf, &mut post);
+        let mut out = Output::new(member, Default::default(), &mut buf, &mut post);
         rooms.join(room, member);
         rooms.publish(room, member, MessageKind::Line, &msg(text), &mut out);
         rooms.leave(room, member);

@@ -1,0 +1,233 @@
+//! The connection's states, framing and partial writes, driven through the
+//! in-memory stream (no sockets).
+
+use super::*;
+use crate::mode::{Ack, Echo};
+use crate::transport::Memory;
+
+impl<S> Connection<S> {
+    fn memory(&mut self) -> &mut Memory {
+        match &mut self.stream {
+            Transport::Memory(memory) => memory,
+            _ => panic!("not an in-memory connection"),
+        }
+    }
+}
+
+/// A connection over memory that takes `room` bytes of writes.
+fn open<P: Protocol>(
+    proto: &mut P,
+    refusal: Option<Refusal>,
+    room: usize,
+) -> (Connection<P::Session>, Scratch) {
+    let mut scratch = Scratch::default();
+    let memory = Memory {
+        room,
+        ..Memory::default()
+    };
+    let peer = "127.0.0.1:1".parse().unwrap();
+    let stream = Transport::Memory(Box::new(memory));
+    let conn = Connection::open(refusal, None, ConnId(0), stream, peer, proto, &mut scratch);
+    (conn, scratch)
+}
+
+fn send<S>(conn: &mut Connection<S>, bytes: &[u8]) {
+    conn.memory().input.extend(bytes);
+}
+
+/// Takes what the client received so far.
+fn received<S>(conn: &mut Connection<S>) -> Vec<u8> {
+    std::mem::take(&mut conn.memory().output)
+}
+
+fn drive<P: Protocol>(
+    conn: &mut Connection<P::Session>,
+    proto: &mut P,
+    scratch: &mut Scratch,
+) -> Status {
+    conn.drive(proto, scratch, 10, false)
+}
+
+#[test]
+fn lines_are_answered_and_framed_and_a_cr_is_stripped() {
+    let (mut conn, mut scratch) = open(&mut Echo, None, usize::MAX);
+    send(&mut conn, b"a\r\nb\nx\r\r\n\xff\xfe\nc");
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Wait { want_write: false }
+    );
+    assert_eq!(received(&mut conn), b"a\nb\nx\r\n\xff\xfe\n");
+    // The partial line waits for its end.
+    send(&mut conn, b"d\n");
+    drive(&mut conn, &mut Echo, &mut scratch);
+    assert_eq!(received(&mut conn), b"cd\n");
+}
+
+#[test]
+fn a_line_too_long_is_refused_then_closing() {
+    let (mut conn, mut scratch) = open(&mut Echo, None, usize::MAX);
+    send(&mut conn, b"ok\n12345678901\nnever\n");
+    let status = drive(&mut conn, &mut Echo, &mut scratch);
+    assert_eq!(status, Status::Close(CloseReason::TooLong));
+    assert_eq!(
+        received(&mut conn),
+        b"ok\nERR line too long (max 10 bytes)\n"
+    );
+    // Unterminated and too long: refused as soon as it is over the limit.
+    let (mut conn, mut scratch) = open(&mut Echo, None, usize::MAX);
+    send(&mut conn, b"123456789012");
+    let status = drive(&mut conn, &mut Echo, &mut scratch);
+    assert_eq!(status, Status::Close(CloseReason::TooLong));
+    // Exactly the limit, still waiting for its "\r\n", is fine.
+    let (mut conn, mut scratch) = open(&mut Echo, None, usize::MAX);
+    send(&mut conn, b"1234567890\r");
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Wait { want_write: false }
+    );
+}
+
+#[test]
+fn bye_is_answered_then_the_connection_is_closing_and_reads_no_more() {
+    let (mut conn, mut scratch) = open(&mut Ack, None, usize::MAX);
+    send(&mut conn, b"hi\nbYe\nlater\n");
+    let status = drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(status, Status::Close(CloseReason::Protocol));
+    assert_eq!(received(&mut conn), b" MSG Received\n".repeat(2));
+    assert!(matches!(
+        conn.state,
+        State::Closing {
+            session: Some(()),
+            ..
+        }
+    ));
+    // Lingering: the session goes back, buffers go, what comes is dropped.
+    assert_eq!(conn.linger(), Some(()));
+    assert!(conn.memory().shut);
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Wait { want_write: false }
+    );
+    assert!(conn.memory().input.is_empty(), "lingering reads what comes");
+    assert_eq!(received(&mut conn), b"");
+    conn.memory().eof = true;
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Close(CloseReason::Client)
+    );
+}
+
+#[test]
+fn eof_answers_an_unterminated_last_line_then_closes() {
+    let (mut conn, mut scratch) = open(&mut Echo, None, usize::MAX);
+    send(&mut conn, b"one\ntwo");
+    conn.memory().eof = true;
+    // The readiness event reported the end of stream (`hup`).
+    let status = conn.drive(&mut Echo, &mut scratch, 10, true);
+    assert_eq!(status, Status::Close(CloseReason::Client));
+    assert_eq!(received(&mut conn), b"one\ntwo\n");
+}
+
+#[test]
+fn a_refused_client_gets_its_reason_and_no_session() {
+    let (mut conn, mut scratch) = open(&mut Ack, Some(Refusal::Full), usize::MAX);
+    assert_eq!(received(&mut conn), b"ERR server full\n");
+    send(&mut conn, b"hello\n");
+    let status = drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(status, Status::Close(CloseReason::Protocol));
+    assert_eq!(received(&mut conn), b"");
+    assert_eq!(conn.finish(), None);
+}
+
+#[test]
+fn a_shutdown_reads_only_what_had_arrived() {
+    let (mut conn, mut scratch) = open(&mut Ack, None, usize::MAX);
+    send(&mut conn, b"1\n2\n3\n");
+    // 4 bytes were in the socket at the signal; more came after.
+    conn.stop_reading(&mut Ack, &mut scratch, Some(4));
+    assert!(matches!(conn.state, State::Emptying { left: 4, .. }));
+    let status = drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(status, Status::Close(CloseReason::Shutdown));
+    assert_eq!(received(&mut conn), b" MSG Received\n".repeat(2));
+    // Nothing had arrived: straight to draining.
+    let (mut conn, mut scratch) = open(&mut Ack, None, usize::MAX);
+    send(&mut conn, b"late\n");
+    conn.stop_reading(&mut Ack, &mut scratch, Some(0));
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Close(CloseReason::Shutdown)
+    );
+    assert_eq!(received(&mut conn), b"");
+}
+
+#[test]
+fn replies_the_socket_does_not_take_wait_and_leave_in_order() {
+    // The client takes 5 bytes at a time.
+    let (mut conn, mut scratch) = open(&mut Echo, None, 5);
+    send(&mut conn, b"first\nsecond\n");
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Wait { want_write: true }
+    );
+    assert_eq!(conn.queued(), "first\nsecond\n".len() - 5);
+    send(&mut conn, b"third\n");
+    let mut got = received(&mut conn);
+    for _ in 0..10 {
+        conn.memory().room = 5;
+        drive(&mut conn, &mut Echo, &mut scratch);
+        got.extend(received(&mut conn));
+    }
+    assert_eq!(got, b"first\nsecond\nthird\n");
+    assert_eq!(conn.queued(), 0);
+}
+
+#[test]
+fn shared_messages_get_their_terminator_across_partial_writes() {
+    let (mut conn, mut scratch) = open(&mut Echo, None, 3);
+    let hello = Message::from(&b"hello"[..]);
+    let world = Message::from(&b"world!"[..]);
+    assert!(conn.deliver(hello, 1 << 20));
+    assert!(conn.deliver(world, 1 << 20));
+    // A line of the server's own meanwhile queues behind the messages.
+    let status = conn.end_with(b"ERR idle", CloseReason::Idle, &mut scratch);
+    assert_eq!(status, Status::Wait { want_write: true });
+    let mut got = received(&mut conn);
+    let mut status = None;
+    for _ in 0..20 {
+        // Odd sizes: writes end inside payloads and on terminators.
+        conn.memory().room = 2;
+        status = Some(conn.flush_only());
+        got.extend(received(&mut conn));
+    }
+    assert_eq!(got, b"hello\nworld!\nERR idle\n");
+    assert_eq!(conn.queued(), 0);
+    assert_eq!(status, Some(Status::Close(CloseReason::Idle)));
+}
+
+#[test]
+fn a_member_that_takes_nothing_is_over_its_queue() {
+    let (mut conn, _scratch) = open(&mut Echo, None, 0);
+    let msg = Message::from(&[b'x'; 99][..]);
+    // 100 bytes on the wire each: ten fit in 1,000.
+    for _ in 0..10 {
+        assert!(conn.deliver(msg.clone(), 1000));
+    }
+    assert!(!conn.deliver(msg, 1000));
+}
+
+#[test]
+fn the_output_cap_stops_answering_with_lines_left() {
+    let (mut conn, mut scratch) = open(&mut Ack, None, 0);
+    // One read of 2-byte lines makes 7 times its size in replies.
+    let lines = READ_CHUNK / 2;
+    send(&mut conn, &b"x\n".repeat(lines));
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Wait { want_write: true }
+    );
+    assert!(conn.inbox.backlog, "lines left for later");
+    assert!((OUTPUT_CAP..OUTPUT_CAP + 14).contains(&conn.queued()));
+    conn.memory().room = usize::MAX;
+    drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(received(&mut conn), b" MSG Received\n".repeat(lines));
+}
