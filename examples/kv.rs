@@ -22,6 +22,7 @@ pub struct Kv {
 
 impl Protocol for Kv {
     type Session = ();
+    type Event = ();
 
     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 

@@ -40,7 +40,7 @@ mod outbox;
 
 use crate::framing::Framing;
 use crate::metrics::{Counts, Refusal};
-use crate::protocol::{CloseReason, ConnId, Message, Output, Protocol};
+use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::transport::Transport;
 use inbox::{Answered, Answerer, Inbox};
 use mio::net::TcpStream;
@@ -181,6 +181,9 @@ pub struct Connection<S> {
     peer: SocketAddr,
     framing: Framing,
     state: State<S>,
+    /// Sweeps since the last complete line (lingering: since the client
+    /// last sent anything).
+    idle: u32,
     inbox: Inbox,
     outbox: Outbox,
 }
@@ -204,6 +207,7 @@ impl<S> Connection<S> {
             peer,
             framing: Framing::default(),
             state: State::Handshake { refusal },
+            idle: 0,
             inbox: Inbox::new(budget.unwrap_or(u32::MAX)),
             outbox: Outbox::default(),
         };
@@ -245,6 +249,43 @@ impl<S> Connection<S> {
         }
     }
 
+    /// Its name in the event loop.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Mail for this connection: the protocol answers it as it answers a
+    /// line (its replies queue behind the replies before them); a
+    /// connection that no longer answers drops it.
+    pub fn event<P: Protocol<Session = S>>(
+        &mut self,
+        proto: &mut P,
+        scratch: &mut Scratch,
+        event: P::Event,
+    ) -> Status {
+        let Some(session) = self.state.session() else {
+            return self.flush_only();
+        };
+        scratch.output.clear();
+        let mut out = Output::new(
+            self.id,
+            self.framing,
+            &mut scratch.output,
+            &mut scratch.post,
+        );
+        let flow = proto.event(session, event, &mut out);
+        self.send(scratch);
+        if flow == Flow::Close {
+            let session = self.state.take_session(CloseReason::Protocol);
+            self.inbox.clear();
+            self.state = State::Closing {
+                session,
+                why: CloseReason::Protocol,
+            };
+        }
+        self.flush_only()
+    }
+
     /// True while a TLS handshake is under way.
     pub fn handshaking(&self) -> bool {
         matches!(self.state, State::Handshake { .. })
@@ -279,7 +320,7 @@ impl<S> Connection<S> {
         self.state = State::Lingering { discarded: 0 };
         self.inbox.clear();
         self.outbox.clear();
-        self.inbox.idle = 0;
+        self.idle = 0;
         self.outbox.stalled = 0;
         session
     }
@@ -360,16 +401,16 @@ impl<S> Connection<S> {
     /// While lingering: the sweeps since the client last sent anything, and
     /// since the lingering began.
     pub fn sweep(&mut self) -> (u32, u32) {
-        self.inbox.idle += 1;
+        self.idle += 1;
         if let State::Lingering { discarded } = &mut self.state {
             *discarded = 0;
             self.outbox.stalled += 1;
-            return (self.inbox.idle, self.outbox.stalled);
+            return (self.idle, self.outbox.stalled);
         }
         let moved = std::mem::take(&mut self.outbox.wrote) | self.stream.take_progress();
         let stuck = self.has_pending() && !moved;
         self.outbox.stalled = if stuck { self.outbox.stalled + 1 } else { 0 };
-        (self.inbox.idle, self.outbox.stalled)
+        (self.idle, self.outbox.stalled)
     }
 
     /// Closes the connection with a last line of the server's own (e.g. an
@@ -574,6 +615,9 @@ impl<S> Connection<S> {
             }
         };
         self.send(scratch);
+        if std::mem::take(&mut self.inbox.progressed) {
+            self.idle = 0;
+        }
         if let Answered::Close(why) = how {
             let session = self.state.take_session(why);
             self.state = State::Closing { session, why };
@@ -597,7 +641,7 @@ impl<S> Connection<S> {
             match self.stream.read_raw(&mut scratch.input) {
                 Ok(0) => return Status::Close(CloseReason::Client),
                 Ok(n) => {
-                    self.inbox.idle = 0;
+                    self.idle = 0;
                     *discarded = discarded.saturating_add(n as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -24,6 +24,7 @@
 //! struct Shout;
 //! impl Protocol for Shout {
 //!     type Session = ();
+//!     type Event = ();
 //!     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 //!     fn line(&mut self, _s: &mut (), line: &[u8], out: &mut Output) -> Flow {
 //!         out.line(&line.to_ascii_uppercase());
@@ -43,6 +44,7 @@ pub mod connection;
 pub mod escape;
 pub mod framing;
 pub mod kernel;
+pub mod mailbox;
 pub mod metrics;
 pub mod mode;
 pub mod protocol;
@@ -51,6 +53,7 @@ pub mod shutdown;
 pub mod tls;
 pub mod transport;
 
+pub use mailbox::Mailbox;
 pub use protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 pub use server::Config;
 pub use shutdown::Shutdown;

@@ -13,6 +13,7 @@
 //! encoded once and shared by all its recipients.
 
 use crate::framing::Framing;
+use crate::mailbox::Mailbox;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -25,9 +26,37 @@ pub enum Flow {
     Close,
 }
 
-/// Names a connection within its event loop, for [`Output::send`].
+/// Names a connection within its event loop, for [`Output::send`] and
+/// [`Mailbox::post`]: its slot, and the generation that tells it from
+/// the connections that held the slot before and after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub(crate) usize);
+pub struct ConnId {
+    key: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    /// The connection in slot `key`, of the given generation.
+    pub fn new(key: usize, generation: u32) -> Self {
+        ConnId {
+            key: key as u32,
+            generation,
+        }
+    }
+
+    /// Names no connection (the slot past any slab's).
+    pub(crate) const fn nobody() -> Self {
+        ConnId {
+            key: u32::MAX,
+            generation: 0,
+        }
+    }
+
+    /// Its slot in the event loop.
+    pub(crate) fn key(self) -> usize {
+        self.key as usize
+    }
+}
 
 /// A line bound for several connections, encoded once and shared: its
 /// payload, without the `\n`, which the framing adds as it is written.
@@ -111,9 +140,19 @@ pub trait Protocol: Clone + Send + 'static {
     /// Per-connection state; `()` costs nothing per connection.
     type Session: Send + 'static;
 
+    /// What other threads post to the event loop through its [`Mailbox`]
+    /// (see [`start`](Protocol::start)); `()` for a protocol that takes no
+    /// mail.
+    type Event: Send + 'static;
+
     /// True when connections must reach each other through [`Output::send`]:
     /// the server then runs all of them on one event loop.
     const ONE_LOOP: bool = false;
+
+    /// An event loop starts serving this clone; `mailbox` posts to that
+    /// loop from any thread. Keep it (and hand clones to other threads) to
+    /// answer from outside the loop.
+    fn start(&mut self, _mailbox: Mailbox<Self::Event>) {}
 
     /// A client connected; may write a greeting.
     fn open(&mut self, peer: SocketAddr, out: &mut Output) -> Self::Session;
@@ -123,6 +162,21 @@ pub trait Protocol: Clone + Send + 'static {
 
     /// The server is shutting down; a last word to this client.
     fn shutdown(&mut self, _session: &mut Self::Session, _out: &mut Output) {}
+
+    /// Mail for one connection ([`Mailbox::post`]) arrived while it is
+    /// still open; answers go to `out` as replies to a line do.
+    fn event(
+        &mut self,
+        _session: &mut Self::Session,
+        _event: Self::Event,
+        _out: &mut Output,
+    ) -> Flow {
+        Flow::Continue
+    }
+
+    /// Mail for the loop as a whole ([`Mailbox::post_loop`]) arrived; `out`
+    /// reaches connections only through [`Output::send`].
+    fn loop_event(&mut self, _event: Self::Event, _out: &mut Output) {}
 
     /// The connection is gone; `out` reaches only the other connections.
     fn close(&mut self, _session: Self::Session, _why: CloseReason, _out: &mut Output) {}

@@ -13,6 +13,7 @@
 
 use crate::connection::{Connection, Scratch, Status};
 use crate::kernel;
+use crate::mailbox::{self, Letterbox, Mail};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
@@ -121,6 +122,8 @@ impl Access {
 }
 
 const LISTENER: Token = Token(usize::MAX - 1);
+/// The `out.id()` of mail for the loop as a whole: no connection.
+const NOBODY: ConnId = ConnId::nobody();
 const WAKER: Token = Token(usize::MAX - 2);
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -173,10 +176,9 @@ pub fn run<P: Protocol>(
         .into_iter()
         .enumerate()
         .map(|(i, worker)| {
-            let shutdown = shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{i}"))
-                .spawn(move || worker.run(shutdown))
+                .spawn(move || worker.run())
         })
         .collect::<io::Result<_>>()?;
     let mut result = Ok(());
@@ -257,6 +259,14 @@ struct Worker<P: Protocol> {
     budget: Option<u32>,
     /// Bytes waiting in this worker's connections at the last sweep.
     queued: u64,
+    /// Mail from other threads, and shutdown.
+    letterbox: Letterbox<P::Event>,
+    /// Mail taken from the letterbox, being handed out.
+    mail: Vec<Mail<P::Event>>,
+    /// More mail may be waiting: poll without sleeping.
+    more_mail: bool,
+    /// The generation of the next connection (see [`ConnId`]).
+    generation: u32,
     /// Refused TLS connections still in the slab (see [`TLS_REFUSALS`]).
     refusing: usize,
     /// Connections in a lingering close (see [`LINGER_MAX`]).
@@ -284,7 +294,11 @@ impl<P: Protocol> Worker<P> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        shutdown.watch(Arc::new(Waker::new(poll.registry(), WAKER)?));
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (mailbox, letterbox) = mailbox::mailbox(waker, mailbox::CAPACITY);
+        shutdown.watch(letterbox.bell());
+        let mut proto = proto;
+        proto.start(mailbox);
         let budget = Sweep::new(&shared.config).budget;
         Ok(Worker {
             poll,
@@ -299,18 +313,22 @@ impl<P: Protocol> Worker<P> {
             sweep_at: None,
             budget,
             queued: 0,
+            letterbox,
+            mail: Vec::new(),
+            more_mail: false,
+            generation: 0,
             refusing: 0,
             lingering: 0,
             draining: false,
         })
     }
 
-    fn run(mut self, shutdown: Shutdown) -> io::Result<()> {
+    fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut deadline = None;
         let sweep = Sweep::new(&self.shared.config);
         loop {
-            if deadline.is_none() && shutdown.is_triggered() {
+            if deadline.is_none() && self.letterbox.shutdown() {
                 deadline = Some(Instant::now() + self.shared.config.drain_timeout);
                 self.start_drain();
             }
@@ -329,7 +347,7 @@ impl<P: Protocol> Worker<P> {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout = match self.ready.is_empty() {
+            let timeout = match self.ready.is_empty() && !self.more_mail {
                 true => wake.map(|at| at.saturating_duration_since(Instant::now())),
                 false => Some(Duration::ZERO),
             };
@@ -347,6 +365,7 @@ impl<P: Protocol> Worker<P> {
                     self.drive(key, hup);
                 }
             }
+            self.take_mail();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -445,10 +464,12 @@ impl<P: Protocol> Worker<P> {
         if refusal.is_none() {
             tracing::info!(%peer, "connection opened");
         }
+        let id = ConnId::new(key, self.generation);
+        self.generation = self.generation.wrapping_add(1);
         let conn = Connection::open(
             refusal,
             self.budget,
-            ConnId(key),
+            id,
             stream,
             peer,
             &mut self.proto,
@@ -504,8 +525,10 @@ impl<P: Protocol> Worker<P> {
         let max_queue = self.shared.config.max_queue;
         while !self.scratch.post.is_empty() {
             let mut post = std::mem::take(&mut self.scratch.post);
-            for (ConnId(key), msg) in post.drain(..) {
-                let Some(entry) = self.conns.get_mut(key) else {
+            for (to, msg) in post.drain(..) {
+                let key = to.key();
+                // Gone, or its slot went to another since: nobody to tell.
+                let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.id() == to) else {
                     continue;
                 };
                 self.scratch.counts.bytes_out += msg.len() as u64;
@@ -542,6 +565,7 @@ impl<P: Protocol> Worker<P> {
     fn end(&mut self, key: usize, why: CloseReason, may_linger: bool) {
         let metrics = &self.shared.config.metrics;
         let entry = &mut self.conns[key];
+        let id = entry.conn.id();
         if entry.conn.lingering() {
             let mut entry = self.conns.remove(key);
             let _ = self.poll.registry().deregister(entry.conn.stream());
@@ -581,9 +605,36 @@ impl<P: Protocol> Worker<P> {
         // No session: refused, or a TLS handshake that never finished;
         // the protocol never knew it.
         if let Some(session) = session {
-            let mut out = self.scratch.detached(ConnId(key));
+            let mut out = self.scratch.detached(id);
             self.proto.close(session, why, &mut out);
         }
+    }
+
+    /// Hands out the mail other threads posted: events to the connections
+    /// they name (if still there) and to the protocol; a bounded batch per
+    /// round, so that sockets get their turn.
+    fn take_mail(&mut self) {
+        const BATCH: usize = 1024;
+        let mut mail = std::mem::take(&mut self.mail);
+        self.more_mail = self.letterbox.take(BATCH, &mut mail);
+        for mail in mail.drain(..) {
+            match mail {
+                Mail::To(to, event) => {
+                    let key = to.key();
+                    let Some(entry) = self.conns.get_mut(key).filter(|e| e.conn.id() == to) else {
+                        continue;
+                    };
+                    let status = entry.conn.event(&mut self.proto, &mut self.scratch, event);
+                    self.settle(key, status);
+                }
+                Mail::Loop(event) => {
+                    let mut out = self.scratch.detached(NOBODY);
+                    self.proto.loop_event(event, &mut out);
+                }
+            }
+            self.deliver_post();
+        }
+        self.mail = mail;
     }
 
     /// The periodic chores: refill line budgets (waking the connections

@@ -1,6 +1,8 @@
 //! The one shutdown signal: triggered once (by SIGINT/SIGTERM or a test),
-//! seen by every worker, which then stops accepting and drains.
+//! posted to every worker's mailbox (as mail that cannot be refused), which
+//! then stops accepting and drains.
 
+use crate::mailbox::Bell;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ pub struct Shutdown {
 #[derive(Default)]
 struct Inner {
     triggered: AtomicBool,
-    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    bells: Mutex<Vec<Arc<Bell>>>,
 }
 
 impl Shutdown {
@@ -26,9 +28,8 @@ impl Shutdown {
     /// Starts the shutdown of everything watching this signal.
     pub fn trigger(&self) {
         self.inner.triggered.store(true, Ordering::SeqCst);
-        for waker in self.wakers().iter() {
-            // A worker that already exited has nothing left to wake.
-            let _ = waker.wake();
+        for bell in self.bells().iter() {
+            bell.shutdown();
         }
     }
 
@@ -52,18 +53,19 @@ impl Shutdown {
         Ok(())
     }
 
-    /// Wakes `waker` on trigger (at once if already triggered).
-    pub(crate) fn watch(&self, waker: Arc<mio::Waker>) {
-        self.wakers().push(waker.clone());
+    /// Posts shutdown to the mailbox whose bell this is, on trigger (at
+    /// once if already triggered).
+    pub(crate) fn watch(&self, bell: Arc<Bell>) {
+        self.bells().push(bell.clone());
         if self.is_triggered() {
-            let _ = waker.wake();
+            bell.shutdown();
         }
     }
 
-    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<mio::Waker>>> {
-        // A poisoned list is still a valid list of wakers.
+    fn bells(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Bell>>> {
+        // A poisoned list is still a valid list of bells.
         self.inner
-            .wakers
+            .bells
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

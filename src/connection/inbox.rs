@@ -18,8 +18,8 @@ pub(super) struct Inbox {
     buf: Vec<u8>,
     /// `buf` may hold complete lines not answered yet.
     pub backlog: bool,
-    /// Sweeps since the last complete line.
-    pub idle: u32,
+    /// A complete line was answered since the connection last asked.
+    pub progressed: bool,
     /// Lines it may still have answered before the next refill
     /// (`u32::MAX`: no limit).
     pub budget: u32,
@@ -55,7 +55,7 @@ impl Inbox {
         Inbox {
             buf: Vec::new(),
             backlog: false,
-            idle: 0,
+            progressed: false,
             budget,
             throttled: false,
         }
@@ -118,9 +118,7 @@ impl Inbox {
     }
 
     fn after(&mut self, how: Answered, used: usize) -> Answered {
-        if used > 0 {
-            self.idle = 0;
-        }
+        self.progressed |= used > 0;
         match how {
             Answered::AllLines => self.backlog = false,
             Answered::OutputFull => self.backlog = true,

@@ -27,7 +27,15 @@ fn open<P: Protocol>(
     };
     let peer = "127.0.0.1:1".parse().unwrap();
     let stream = Transport::Memory(Box::new(memory));
-    let conn = Connection::open(refusal, None, ConnId(0), stream, peer, proto, &mut scratch);
+    let conn = Connection::open(
+        refusal,
+        None,
+        ConnId::new(0, 0),
+        stream,
+        peer,
+        proto,
+        &mut scratch,
+    );
     (conn, scratch)
 }
 

@@ -14,6 +14,7 @@ pub struct Ack;
 
 impl Protocol for Ack {
     type Session = ();
+    type Event = ();
 
     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 

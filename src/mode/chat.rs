@@ -220,6 +220,7 @@ impl<R: Rooms> Chat<R> {
 
 impl<R: Rooms> Protocol for Chat<R> {
     type Session = ();
+    type Event = ();
     const ONE_LOOP: bool = true;
 
     fn open(&mut self, _peer: SocketAddr, out: &mut Output) {

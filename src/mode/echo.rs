@@ -10,6 +10,7 @@ pub struct Echo;
 
 impl Protocol for Echo {
     type Session = ();
+    type Event = ();
 
     fn open(&mut self, _peer: SocketAddr, _out: &mut Output) {}
 

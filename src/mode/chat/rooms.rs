@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn publish_skips_the_sender_and_keeps_only_the_last_lines() {
-        let (a, b, c) = (ConnId(1), ConnId(2), ConnId(3));
+        let (a, b, c) = (ConnId::new(1, 0), ConnId::new(2, 0), ConnId::new(3, 0));
         let mut rooms = LocalRooms::new(2);
         let (mut buf, mut post) = (Vec::new(), Vec::new());
         let mut out = Output::new(a, Default::default(), &mut buf, &mut post);
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn history_outlives_an_empty_room_but_the_room_is_not_listed() {
-        let (a, b) = (ConnId(1), ConnId(2));
+        let (a, b) = (ConnId::new(1, 0), ConnId::new(2, 0));
         let mut rooms = LocalRooms::new(2);
         say_and_leave(&mut rooms, "dev", a, "1");
         say_and_leave(&mut rooms, "dev", a, "2");
@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn emptied_rooms_past_the_cap_are_forgotten_least_recently_emptied_first() {
-        let (a, b) = (ConnId(1), ConnId(2));
+        let (a, b) = (ConnId::new(1, 0), ConnId::new(2, 0));
         let mut rooms = LocalRooms::new(2).history_rooms(2);
         for room in ["r1", "r2", "r3"] {
             say_and_leave(&mut rooms, room, a, room);
@@ -335,7 +335,7 @@ mod tests {
 
     #[test]
     fn cap_zero_forgets_a_room_as_it_empties() {
-        let (a, b) = (ConnId(1), ConnId(2));
+        let (a, b) = (ConnId::new(1, 0), ConnId::new(2, 0));
         let mut rooms = LocalRooms::new(2).history_rooms(0);
         say_and_leave(&mut rooms, "dev", a, "1");
         assert!(rooms.rooms.is_empty());
@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_by_the_cap() {
-        let (a, b) = (ConnId(1), ConnId(2));
+        let (a, b) = (ConnId::new(1, 0), ConnId::new(2, 0));
         let mut rooms = LocalRooms::new(1).history_rooms(3);
         // Many distinct rooms: at most three kept.
         for i in 0..10_000 {
