@@ -40,8 +40,25 @@ pub trait Rooms: Clone + Send + 'static {
     /// next to join it.
     fn leave(&mut self, room: &str, member: ConnId);
 
-    /// Sends `msg` to every member of `room` except `from`.
+    /// Hands `msg` to the ordering point of `room`. Once it has its place
+    /// in the room's order, it comes back to [`deliver`](Rooms::deliver) on
+    /// every instance with members in the room: at once for [`LocalRooms`],
+    /// whose ordering point is this call; later, through the event loop's
+    /// mailbox, for rooms whose ordering point is elsewhere (a Redis
+    /// server). Nothing may be delivered ahead of its turn, not even to the
+    /// sender's own neighbours.
     fn publish(
+        &mut self,
+        room: &str,
+        from: ConnId,
+        kind: MessageKind,
+        msg: &Message,
+        out: &mut Output,
+    );
+
+    /// Fans out a message in its place in the room's order: to every member
+    /// of `room` on this loop except `from`, and into the room's history.
+    fn deliver(
         &mut self,
         room: &str,
         from: ConnId,
@@ -200,6 +217,19 @@ impl Rooms for LocalRooms {
     }
 
     fn publish(
+        &mut self,
+        room: &str,
+        from: ConnId,
+        kind: MessageKind,
+        msg: &Message,
+        out: &mut Output,
+    ) {
+        // This loop is the room's ordering point: its order is the order
+        // of these calls.
+        self.deliver(room, from, kind, msg, out);
+    }
+
+    fn deliver(
         &mut self,
         room: &str,
         from: ConnId,
