@@ -94,8 +94,13 @@ impl Scratch {
     /// An [`Output`] for connection `id` whose replies are thrown away (the
     /// connection is gone) but whose messages to others still go out.
     pub(crate) fn detached(&mut self, id: ConnId) -> Output<'_> {
+        self.output(id, Framing::default())
+    }
+
+    /// An [`Output`] for connection `id` into the cleared reply buffer.
+    fn output(&mut self, id: ConnId, framing: Framing) -> Output<'_> {
         self.output.clear();
-        Output::new(id, Framing::default(), &mut self.output, &mut self.post)
+        Output::new(id, framing, &mut self.output, &mut self.post)
     }
 }
 
@@ -237,12 +242,7 @@ impl<S> Connection<S> {
                 scratch.counts.bytes_out -= why.line().len() as u64;
             }
             None => {
-                let mut out = Output::new(
-                    self.id,
-                    self.framing,
-                    &mut scratch.output,
-                    &mut scratch.post,
-                );
+                let mut out = scratch.output(self.id, self.framing);
                 self.state = State::Open(proto.open(self.peer, &mut out));
                 self.send(scratch);
             }
@@ -266,13 +266,7 @@ impl<S> Connection<S> {
         let Some(session) = self.state.session() else {
             return self.flush_only();
         };
-        scratch.output.clear();
-        let mut out = Output::new(
-            self.id,
-            self.framing,
-            &mut scratch.output,
-            &mut scratch.post,
-        );
+        let mut out = scratch.output(self.id, self.framing);
         let flow = proto.event(session, event, &mut out);
         self.send(scratch);
         if flow == Flow::Close {
@@ -354,13 +348,7 @@ impl<S> Connection<S> {
         let State::Open(session) = &mut self.state else {
             return;
         };
-        scratch.output.clear();
-        let mut out = Output::new(
-            self.id,
-            self.framing,
-            &mut scratch.output,
-            &mut scratch.post,
-        );
+        let mut out = scratch.output(self.id, self.framing);
         proto.shutdown(session, &mut out);
         let Some(session) = self.state.take_session(CloseReason::Shutdown) else {
             return;
