@@ -20,16 +20,20 @@
 //! # Life
 //!
 //! ```text
-//!             accept
-//!               |
-//!           Handshake ---------------------+ (refused: its reason)
-//!               | (TLS done, or plain)     |
-//!             Open --- Flow::Close, line too long, idle ---> Closing
-//!            /    \                                          |   ^
-//!  EOF: Draining   shutdown: Emptying --(read what was       |   |
-//!            \                 there)--> Draining -----------+---+
-//!             +-- flushed: the server closes: Lingering (its decision)
-//!                 or at once (the client's EOF, an error)
+//! accept
+//!   |
+//! Handshake --(refused at accept)--> Refusing ----------+
+//!   | TLS done (at once for plain TCP)                  |
+//!   v                                                   |
+//! Open --(BYE, line too long, idle timeout)--> Closing -+
+//!   |  \                                                |
+//!   |   +--(shutdown)--> Emptying --+                   |
+//!   |                               v                   |
+//!   +--(the client's EOF)-------> Draining -------------+
+//!                                                       | all flushed
+//!                                                       v
+//!                     the server's decision: Lingering --> closed
+//!              the client's EOF or an error: closed at once
 //! ```
 //!
 //! [`State`] is that picture; a new stage (a WebSocket upgrade, a child
@@ -123,6 +127,9 @@ enum State<S> {
     /// Before the protocol may talk: a TLS handshake under way. A client
     /// refused at accept gets its reason once the handshake is done.
     Handshake { refusal: Option<Refusal> },
+    /// Refused at accept: sending the reason, then the server closes it.
+    /// It never had a session.
+    Refusing(Refusal),
     /// Reading lines and answering them.
     Open(S),
     /// Server shutdown: reading only the bytes that were in the socket at
@@ -152,6 +159,7 @@ impl<S> State<S> {
     fn ending(&self) -> Option<CloseReason> {
         match self {
             State::Draining { why, .. } | State::Closing { why, .. } => Some(*why),
+            State::Refusing(_) => Some(CloseReason::Protocol),
             _ => None,
         }
     }
@@ -174,7 +182,7 @@ impl<S> State<S> {
             | State::Emptying { session, .. }
             | State::Draining { session, .. } => Some(session),
             State::Closing { session, .. } => session,
-            State::Handshake { .. } | State::Lingering { .. } => None,
+            State::Handshake { .. } | State::Refusing(_) | State::Lingering { .. } => None,
         }
     }
 }
@@ -232,10 +240,7 @@ impl<S> Connection<S> {
         scratch.output.clear();
         match refusal {
             Some(why) => {
-                self.state = State::Closing {
-                    session: None,
-                    why: CloseReason::Protocol,
-                };
+                self.state = State::Refusing(why);
                 scratch.output.extend_from_slice(why.line());
                 self.send(scratch);
                 // Never admitted, never served: its line is no output.
@@ -417,7 +422,10 @@ impl<S> Connection<S> {
     /// offering the socket what is queued, more than `max_queue` bytes wait
     /// (the client is not keeping up).
     pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
-        if matches!(self.state, State::Closing { .. } | State::Lingering { .. }) {
+        if matches!(
+            self.state,
+            State::Closing { .. } | State::Refusing(_) | State::Lingering { .. }
+        ) {
             return true;
         }
         (self.outbox).deliver(&mut self.stream, self.framing, msg, max_queue)
@@ -428,6 +436,7 @@ impl<S> Connection<S> {
         match self.outbox.flush(&mut self.stream, self.framing) {
             Ok(true) => match self.state {
                 State::Closing { why, .. } => Status::Close(why),
+                State::Refusing(_) => Status::Close(CloseReason::Protocol),
                 _ => Status::Wait { want_write: false },
             },
             Ok(false) => Status::Wait { want_write: true },
