@@ -129,7 +129,7 @@ enum State<S> {
     Handshake { refusal: Option<Refusal> },
     /// Refused at accept: sending the reason, then the server closes it.
     /// It never had a session.
-    Refusing(Refusal),
+    Refusing,
     /// Reading lines and answering them.
     Open(S),
     /// Server shutdown: reading only the bytes that were in the socket at
@@ -159,7 +159,7 @@ impl<S> State<S> {
     fn ending(&self) -> Option<CloseReason> {
         match self {
             State::Draining { why, .. } | State::Closing { why, .. } => Some(*why),
-            State::Refusing(_) => Some(CloseReason::Protocol),
+            State::Refusing => Some(CloseReason::Protocol),
             _ => None,
         }
     }
@@ -182,7 +182,7 @@ impl<S> State<S> {
             | State::Emptying { session, .. }
             | State::Draining { session, .. } => Some(session),
             State::Closing { session, .. } => session,
-            State::Handshake { .. } | State::Refusing(_) | State::Lingering { .. } => None,
+            State::Handshake { .. } | State::Refusing | State::Lingering { .. } => None,
         }
     }
 }
@@ -240,7 +240,7 @@ impl<S> Connection<S> {
         scratch.output.clear();
         match refusal {
             Some(why) => {
-                self.state = State::Refusing(why);
+                self.state = State::Refusing;
                 scratch.output.extend_from_slice(why.line());
                 self.send(scratch);
                 // Never admitted, never served: its line is no output.
@@ -424,7 +424,7 @@ impl<S> Connection<S> {
     pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
         if matches!(
             self.state,
-            State::Closing { .. } | State::Refusing(_) | State::Lingering { .. }
+            State::Closing { .. } | State::Refusing | State::Lingering { .. }
         ) {
             return true;
         }
@@ -436,7 +436,7 @@ impl<S> Connection<S> {
         match self.outbox.flush(&mut self.stream, self.framing) {
             Ok(true) => match self.state {
                 State::Closing { why, .. } => Status::Close(why),
-                State::Refusing(_) => Status::Close(CloseReason::Protocol),
+                State::Refusing => Status::Close(CloseReason::Protocol),
                 _ => Status::Wait { want_write: false },
             },
             Ok(false) => Status::Wait { want_write: true },

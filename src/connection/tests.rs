@@ -140,7 +140,7 @@ fn eof_answers_an_unterminated_last_line_then_closes() {
 fn a_refused_client_gets_its_reason_and_no_session() {
     let (mut conn, mut scratch) = open(&mut Ack, Some(Refusal::Full), usize::MAX);
     assert_eq!(received(&mut conn), b"ERR server full\n");
-    assert!(matches!(conn.state, State::Refusing(Refusal::Full)));
+    assert!(matches!(conn.state, State::Refusing));
     send(&mut conn, b"hello\n");
     let status = drive(&mut conn, &mut Ack, &mut scratch);
     assert_eq!(status, Status::Close(CloseReason::Protocol));
