@@ -9,7 +9,8 @@
 //! connections from a single `mio` event loop. A connection is a small struct
 //! in a slab ([`connection`]): its socket and the line framing, with no read
 //! or write buffer held while it is idle, so ten thousand idle clients cost
-//! a few hundred bytes each. A [`Shutdown`] handle stops accepting and drains.
+//! a few hundred bytes each. Who may connect, and how many at once, is
+//! decided in [`admission`]. A [`Shutdown`] handle stops accepting and drains.
 //!
 //! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
 //! in a few dozen lines. The interactive client is [`client`].
@@ -38,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod bench;
 pub mod client;
 pub mod connection;
