@@ -13,7 +13,8 @@
 //! decided in [`admission`]. A [`Shutdown`] handle stops accepting and drains.
 //!
 //! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
-//! in a few dozen lines. The interactive client is [`client`].
+//! in a few dozen lines. The interactive client is [`client`], and the load
+//! generator behind `sockline bench` is [`loadgen`].
 //!
 //! # Writing a protocol
 //!
@@ -40,12 +41,12 @@
 #![warn(missing_docs)]
 
 pub mod admission;
-pub mod bench;
 pub mod client;
 pub mod connection;
 pub mod escape;
 pub mod framing;
 pub mod kernel;
+pub mod loadgen;
 pub mod mailbox;
 pub mod metrics;
 pub mod mode;

@@ -1,5 +1,7 @@
 //! `sockline bench`: a load generator for any line server, what
-//! redis-benchmark is for Redis.
+//! redis-benchmark is for Redis. (The module is `loadgen`, not `bench`: in
+//! this repository `benches/` is cargo's micro-benchmarks and `perf/` the
+//! scripts that compare servers with this generator.)
 //!
 //! Three scenarios, each a question a line server must answer well:
 //!
