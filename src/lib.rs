@@ -43,6 +43,7 @@
 pub mod admission;
 pub mod client;
 pub mod connection;
+mod error;
 pub mod escape;
 pub mod framing;
 pub mod kernel;

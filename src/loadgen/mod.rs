@@ -35,6 +35,7 @@ mod stats;
 
 pub use output::{plot, write_json, write_table};
 
+use crate::error::describe;
 use serde::{Deserialize, Serialize};
 use stats::{Progress, Stats};
 use std::io::{self, IsTerminal};
@@ -362,18 +363,6 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.into())
-}
-
-/// An I/O error as a short lowercase phrase: "connection refused", without
-/// the "(os error 111)" tail.
-fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or_default();
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => format!("{:?}", e.kind()),
-    }
 }
 
 /// True when stderr is a terminal a person watches.
