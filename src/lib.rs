@@ -13,8 +13,17 @@
 //! decided in [`admission`]. A [`Shutdown`] handle stops accepting and drains.
 //!
 //! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
-//! in a few dozen lines. The interactive client is [`client`], and the load
-//! generator behind `sockline bench` is [`loadgen`].
+//! in a few dozen lines.
+//!
+//! # Features
+//!
+//! Both are on by default, and the `sockline` binary requires both. The
+//! server needs neither: with `default-features = false` the library is the
+//! server alone, without tokio and the crates these two bring.
+//!
+//! - `client`: module `client`, the interactive client (`sockline connect`),
+//!   and the client half of [`tls`] (with the public roots).
+//! - `bench`: module `loadgen`, the load generator (`sockline bench`).
 //!
 //! # Writing a protocol
 //!
@@ -41,12 +50,15 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod connection;
+#[cfg(any(feature = "client", feature = "bench"))]
 mod error;
 pub mod escape;
 pub mod framing;
 pub mod kernel;
+#[cfg(feature = "bench")]
 pub mod loadgen;
 pub mod mailbox;
 pub mod metrics;
