@@ -20,6 +20,9 @@
 //! server's lines above the prompt. The plain thread may still be blocked in
 //! `read` when [`run`] returns; the process exiting ends it. The editor's
 //! thread is ended by [`run`], since it holds the terminal in raw mode.
+//!
+//! Built with the `client` feature (on by default): tokio, tokio-rustls and
+//! the line editor serve this module only, and the server does without them.
 
 mod tty;
 

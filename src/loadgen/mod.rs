@@ -24,6 +24,10 @@
 //! keeps its cost predictable. Requests are written in batches and replies
 //! parsed straight from the read buffer, so one core drives far more load
 //! than a server on one core answers.
+//!
+//! Built with the `bench` feature (on by default): tokio, the histograms,
+//! the progress line and the plots serve this module only, and the server
+//! does without them.
 
 mod fanout;
 mod idle;
