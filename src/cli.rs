@@ -179,8 +179,8 @@ pub struct BenchArgs {
     pub addr: String,
     /// rr: request/reply throughput and latency; idle: cost of held
     /// connections; fanout: chat room delivery.
-    #[arg(long, value_enum, default_value_t = sockline::bench::Scenario::Rr)]
-    pub scenario: sockline::bench::Scenario,
+    #[arg(long, value_enum, default_value_t = sockline::loadgen::Scenario::Rr)]
+    pub scenario: sockline::loadgen::Scenario,
     /// Connections (fanout: room members).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub conns: u64,
@@ -233,8 +233,8 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// The library's options for these flags.
-    pub fn options(&self) -> sockline::bench::BenchOptions {
-        sockline::bench::BenchOptions {
+    pub fn options(&self) -> sockline::loadgen::BenchOptions {
+        sockline::loadgen::BenchOptions {
             addr: self.addr.clone(),
             scenario: self.scenario,
             conns: usize::try_from(self.conns).unwrap_or(usize::MAX),

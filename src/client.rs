@@ -20,9 +20,13 @@
 //! server's lines above the prompt. The plain thread may still be blocked in
 //! `read` when [`run`] returns; the process exiting ends it. The editor's
 //! thread is ended by [`run`], since it holds the terminal in raw mode.
+//!
+//! Built with the `client` feature (on by default): tokio, tokio-rustls and
+//! the line editor serve this module only, and the server does without them.
 
 mod tty;
 
+use crate::error::describe;
 use crate::escape::{escape, unfinished};
 use crate::mode::is_bye;
 use crate::tls::ClientTls;
@@ -348,25 +352,4 @@ fn session_error(e: io::Error) -> io::Error {
         _ => format!("connection failed: {}", describe(&e)),
     };
     io::Error::new(e.kind(), why)
-}
-
-/// A short lowercase description of `e`, without the `(os error N)` suffix.
-fn describe(e: &io::Error) -> String {
-    use io::ErrorKind::*;
-    let known = match e.kind() {
-        ConnectionRefused => "connection refused",
-        ConnectionReset => "connection reset",
-        HostUnreachable => "host unreachable",
-        NetworkUnreachable => "network unreachable",
-        _ => "",
-    };
-    if !known.is_empty() {
-        return known.into();
-    }
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or_default();
-    let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |first| {
-        first.to_lowercase().chain(chars).collect()
-    })
 }

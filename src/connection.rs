@@ -42,8 +42,9 @@
 mod inbox;
 mod outbox;
 
+use crate::admission::Refusal;
 use crate::framing::Framing;
-use crate::metrics::{Counts, Refusal};
+use crate::metrics::Counts;
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::transport::Transport;
 use inbox::{Answered, Answerer, Inbox};

@@ -9,10 +9,21 @@
 //! connections from a single `mio` event loop. A connection is a small struct
 //! in a slab ([`connection`]): its socket and the line framing, with no read
 //! or write buffer held while it is idle, so ten thousand idle clients cost
-//! a few hundred bytes each. A [`Shutdown`] handle stops accepting and drains.
+//! a few hundred bytes each. Who may connect, and how many at once, is
+//! decided in [`admission`]. A [`Shutdown`] handle stops accepting and drains.
 //!
 //! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
-//! in a few dozen lines. The interactive client is [`client`].
+//! in a few dozen lines.
+//!
+//! # Features
+//!
+//! Both are on by default, and the `sockline` binary requires both. The
+//! server needs neither: with `default-features = false` the library is the
+//! server alone, without tokio and the crates these two bring.
+//!
+//! - `client`: module `client`, the interactive client (`sockline connect`),
+//!   and the client half of [`tls`] (with the public roots).
+//! - `bench`: module `loadgen`, the load generator (`sockline bench`).
 //!
 //! # Writing a protocol
 //!
@@ -38,12 +49,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod bench;
+pub mod admission;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod connection;
+#[cfg(any(feature = "client", feature = "bench"))]
+mod error;
 pub mod escape;
 pub mod framing;
 pub mod kernel;
+#[cfg(feature = "bench")]
+pub mod loadgen;
 pub mod mailbox;
 pub mod metrics;
 pub mod mode;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             sockline::client::run(&args.addr, args.timeout, args.tls().as_ref(), args.raw)
                 .map_err(anyhow::Error::from)
         }
-        Command::Bench(args) => sockline::bench::command(
+        Command::Bench(args) => sockline::loadgen::command(
             &args.options(),
             &args.sweep(),
             args.json,

@@ -5,6 +5,7 @@
 //! shared memory. The endpoint is a tiny blocking HTTP server on a thread of
 //! its own: it answers `GET /metrics` and nothing else.
 
+use crate::admission::Refusal;
 use crate::protocol::CloseReason;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -26,7 +27,8 @@ pub struct Counts {
     pub throttled: u64,
 }
 
-const REASONS: [CloseReason; 10] = [
+/// Close reasons in the order they are exposed.
+const CLOSES: [CloseReason; 10] = [
     CloseReason::Protocol,
     CloseReason::Client,
     CloseReason::Reset,
@@ -39,24 +41,55 @@ const REASONS: [CloseReason; 10] = [
     CloseReason::Handshake,
 ];
 
-/// Why a connection was refused at accept.
-#[derive(Debug, Clone, Copy)]
-pub enum Refusal {
-    /// `max_conns` reached.
-    Full,
-    /// `--allow` / `--deny`.
-    Denied,
-    /// `max_conns_per_ip` reached.
-    PerIp,
+/// Refusals in the order they are exposed.
+const REFUSALS: [Refusal; 3] = [Refusal::Full, Refusal::Denied, Refusal::PerIp];
+
+/// One counter per refusal, found by a match on the reason.
+#[derive(Debug, Default)]
+struct ByRefusal {
+    full: AtomicU64,
+    denied: AtomicU64,
+    per_ip: AtomicU64,
 }
 
-impl Refusal {
-    /// The one line the refused client gets.
-    pub fn line(self) -> &'static [u8] {
-        match self {
-            Refusal::Full => b"ERR server full\n",
-            Refusal::Denied => b"ERR access denied\n",
-            Refusal::PerIp => b"ERR too many connections from your address\n",
+impl ByRefusal {
+    fn of(&self, why: Refusal) -> &AtomicU64 {
+        match why {
+            Refusal::Full => &self.full,
+            Refusal::Denied => &self.denied,
+            Refusal::PerIp => &self.per_ip,
+        }
+    }
+}
+
+/// One counter per close reason, found by a match on the reason.
+#[derive(Debug, Default)]
+struct ByClose {
+    protocol: AtomicU64,
+    client: AtomicU64,
+    reset: AtomicU64,
+    too_long: AtomicU64,
+    too_slow: AtomicU64,
+    idle: AtomicU64,
+    shutdown: AtomicU64,
+    error: AtomicU64,
+    tls: AtomicU64,
+    handshake: AtomicU64,
+}
+
+impl ByClose {
+    fn of(&self, why: CloseReason) -> &AtomicU64 {
+        match why {
+            CloseReason::Protocol => &self.protocol,
+            CloseReason::Client => &self.client,
+            CloseReason::Reset => &self.reset,
+            CloseReason::TooLong => &self.too_long,
+            CloseReason::TooSlow => &self.too_slow,
+            CloseReason::Idle => &self.idle,
+            CloseReason::Shutdown => &self.shutdown,
+            CloseReason::Error => &self.error,
+            CloseReason::Tls => &self.tls,
+            CloseReason::Handshake => &self.handshake,
         }
     }
 }
@@ -72,10 +105,10 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     throttled: AtomicU64,
     queue_bytes: AtomicU64,
-    refused: [AtomicU64; 3],
-    closed: [AtomicU64; REASONS.len()],
+    refused: ByRefusal,
+    closed: ByClose,
     lingering: AtomicU64,
-    lingered: [AtomicU64; REASONS.len()],
+    lingered: ByClose,
     cut: AtomicU64,
     cut_bytes: AtomicU64,
 }
@@ -102,12 +135,12 @@ impl Metrics {
 
     /// Counts a refusal.
     pub fn refused(&self, why: Refusal) {
-        self.refused[why as usize].fetch_add(1, Relaxed);
+        self.refused.of(why).fetch_add(1, Relaxed);
     }
 
     /// Counts a closed connection.
     pub fn closed(&self, why: CloseReason) {
-        self.closed[index(why)].fetch_add(1, Relaxed);
+        self.closed.of(why).fetch_add(1, Relaxed);
     }
 
     /// Counts a connection entering a lingering close.
@@ -120,7 +153,7 @@ impl Metrics {
     /// for the drain timeout.
     pub fn lingered(&self, why: CloseReason) {
         self.lingering.fetch_sub(1, Relaxed);
-        self.lingered[index(why)].fetch_add(1, Relaxed);
+        self.lingered.of(why).fetch_add(1, Relaxed);
     }
 
     /// Counts a connection the drain timeout cut with `unsent` bytes left.
@@ -131,118 +164,127 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(
-                out,
-                "# HELP sockline_{name} {help}\n# TYPE sockline_{name} {kind}"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "sockline_{name}{labels} {value}");
-            }
-        };
         let get = |a: &AtomicU64| a.load(Relaxed);
-        metric(
+        let mut text = Text::default();
+        text.one(
             "connections_open",
             "gauge",
             "Connections open now.",
-            &[("", get(&self.open))],
+            get(&self.open),
         );
-        metric(
+        text.one(
             "connections_total",
             "counter",
             "Connections admitted.",
-            &[("", get(&self.accepted))],
+            get(&self.accepted),
         );
-        metric(
+        text.one(
             "lines_in_total",
             "counter",
             "Complete lines received.",
-            &[("", get(&self.lines_in))],
+            get(&self.lines_in),
         );
-        metric(
+        text.one(
             "bytes_in_total",
             "counter",
             "Bytes read from clients.",
-            &[("", get(&self.bytes_in))],
+            get(&self.bytes_in),
         );
-        metric(
+        text.one(
             "bytes_out_total",
             "counter",
             "Bytes of replies and messages produced for clients.",
-            &[("", get(&self.bytes_out))],
+            get(&self.bytes_out),
         );
-        metric(
+        text.one(
             "queue_bytes",
             "gauge",
             "Bytes of replies and messages waiting for slow clients (updated each second).",
-            &[("", get(&self.queue_bytes))],
+            get(&self.queue_bytes),
         );
-        metric(
+        text.one(
             "rate_limited_total",
             "counter",
             "Times a connection used up its --max-lines-per-sec budget and was read more slowly.",
-            &[("", get(&self.throttled))],
+            get(&self.throttled),
         );
-        let refused = [
-            (r#"{reason="full"}"#, get(&self.refused[0])),
-            (r#"{reason="denied"}"#, get(&self.refused[1])),
-            (r#"{reason="per_ip"}"#, get(&self.refused[2])),
-        ];
-        metric(
+        text.by(
             "refused_total",
             "counter",
             "Connections refused at accept.",
-            &refused,
+            "reason",
+            REFUSALS.map(|why| (why.label(), get(self.refused.of(why)))),
         );
-        let by_reason = |key: &str, counts: &[AtomicU64]| -> Vec<(String, u64)> {
-            (REASONS.iter().zip(counts))
-                .map(|(r, count)| (format!("{{{key}=\"{}\"}}", r.label()), get(count)))
-                .collect()
-        };
-        let closed = by_reason("reason", &self.closed);
-        let closed: Vec<(&str, u64)> = closed.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        metric(
+        text.by(
             "disconnects_total",
             "counter",
             "Connections closed, by reason.",
-            &closed,
+            "reason",
+            CLOSES.map(|why| (why.label(), get(self.closed.of(why)))),
         );
-        metric(
+        text.one(
             "connections_lingering",
             "gauge",
             "Connections closed by the server, discarding what the client still sends until its EOF (not counted as open).",
-            &[("", get(&self.lingering))],
+            get(&self.lingering),
         );
-        let lingered = by_reason("end", &self.lingered);
-        let lingered: Vec<(&str, u64)> = (lingered.iter())
-            .filter(|(_, n)| *n > 0)
-            .map(|(l, n)| (l.as_str(), *n))
-            .collect();
-        metric(
+        text.by(
             "lingering_closes_total",
             "counter",
             "Lingering closes ended, by how: closed_by_client (its EOF), idle_timeout (5 s quiet or 30 s in all), server_shutdown (drain timeout), connection_reset.",
-            &lingered,
+            "end",
+            (CLOSES.iter())
+                .map(|&why| (why.label(), get(self.lingered.of(why))))
+                .filter(|&(_, n)| n > 0),
         );
-        metric(
+        text.one(
             "drain_cut_total",
             "counter",
             "Connections the drain timeout closed with bytes still unsent.",
-            &[("", get(&self.cut))],
+            get(&self.cut),
         );
-        metric(
+        text.one(
             "drain_cut_bytes_total",
             "counter",
             "Bytes left unsent on connections the drain timeout closed.",
-            &[("", get(&self.cut_bytes))],
+            get(&self.cut_bytes),
         );
-        out
+        text.0
     }
 }
 
-fn index(why: CloseReason) -> usize {
-    REASONS.iter().position(|r| *r == why).unwrap_or(0)
+/// Prometheus text, built one metric family at a time.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(
+            self.0,
+            "# HELP sockline_{name} {help}\n# TYPE sockline_{name} {kind}"
+        );
+    }
+
+    /// A metric with one sample and no label.
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.family(name, kind, help);
+        let _ = writeln!(self.0, "sockline_{name} {value}");
+    }
+
+    /// A metric with a sample per value of the label `key`.
+    fn by<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        key: &str,
+        samples: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.family(name, kind, help);
+        for (label, value) in samples {
+            let _ = writeln!(self.0, "sockline_{name}{{{key}=\"{label}\"}} {value}");
+        }
+    }
 }
 
 /// Serves `GET /metrics` on `listener` from a background thread.

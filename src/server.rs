@@ -11,21 +11,22 @@
 //! idle connection, while a slab entry here measures 0.15 KiB (see
 //! docs/PERFORMANCE.md).
 
+pub use crate::admission::Access;
+
+use crate::admission::{Admission, Refusal};
 use crate::connection::{Connection, Scratch, Status};
 use crate::kernel;
 use crate::mailbox::{self, Letterbox, Mail};
-use crate::metrics::{Metrics, Refusal};
+use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
 use crate::transport::Transport;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Server limits.
@@ -102,25 +103,6 @@ const LINGER_QUIET: Duration = Duration::from_secs(5);
 /// `lingering_time`).
 const LINGER_TIME: Duration = Duration::from_secs(30);
 
-/// Allow and deny lists of networks. An address in a denied network is
-/// refused; with any allowed network, an address in none of them is too.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    /// Networks that may connect (empty: everyone not denied).
-    pub allow: Vec<ipnet::IpNet>,
-    /// Networks that may not.
-    pub deny: Vec<ipnet::IpNet>,
-}
-
-impl Access {
-    /// Whether `ip` may connect.
-    pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        let within = |nets: &[ipnet::IpNet]| nets.iter().any(|net| net.contains(&ip));
-        !within(&self.deny) && (self.allow.is_empty() || within(&self.allow))
-    }
-}
-
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The `out.id()` of mail for the loop as a whole: no connection.
 const NOBODY: ConnId = ConnId::nobody();
@@ -158,8 +140,13 @@ pub fn run<P: Protocol>(
         n => n,
     };
     let shared = Arc::new(Shared {
+        admission: Admission::new(
+            config.access.clone(),
+            config.max_conns,
+            config.max_conns_per_ip,
+            config.metrics.clone(),
+        ),
         config,
-        per_ip: Mutex::default(),
     });
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -196,46 +183,19 @@ pub fn run<P: Protocol>(
 /// What every worker shares.
 struct Shared {
     config: Config,
-    /// Open connections per address, kept only with `max_conns_per_ip`.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Who may connect, and the counts of who did.
+    admission: Admission,
 }
 
 impl Shared {
     /// Counts a new connection from `ip`, or says why it is refused.
     fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let config = &self.config;
-        let open = &config.metrics.open;
-        if !config.access.permits(ip) {
-            return Err(Refusal::Denied);
-        }
-        if open.fetch_add(1, Ordering::Relaxed) >= config.max_conns as u64 {
-            open.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::Full);
-        }
-        if config.max_conns_per_ip > 0 {
-            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let count = per_ip.entry(ip).or_default();
-            if *count >= config.max_conns_per_ip {
-                open.fetch_sub(1, Ordering::Relaxed);
-                return Err(Refusal::PerIp);
-            }
-            *count += 1;
-        }
-        Ok(())
+        self.admission.admit(ip)
     }
 
     /// Forgets a connection from `ip`.
     fn release(&self, ip: IpAddr) {
-        self.config.metrics.open.fetch_sub(1, Ordering::Relaxed);
-        if self.config.max_conns_per_ip > 0 {
-            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = per_ip.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
+        self.admission.release(ip)
     }
 }
 

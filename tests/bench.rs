@@ -6,7 +6,7 @@
 
 mod common;
 
-use sockline::bench::{self, BenchOptions, Report, Scenario};
+use sockline::loadgen::{self, BenchOptions, Report, Scenario};
 use sockline::{Config, mode};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -38,7 +38,7 @@ fn options(addr: SocketAddr) -> BenchOptions {
 }
 
 fn bench(opts: BenchOptions) -> Report {
-    within(60, move || bench::run(&opts).expect("bench run"))
+    within(60, move || loadgen::run(&opts).expect("bench run"))
 }
 
 /// A std-thread server on 127.0.0.1:0 that runs `serve` per connection.
@@ -178,7 +178,7 @@ fn rr_counts_a_connection_closed_early_and_goes_on() {
 fn refused_connection_is_a_one_line_error() {
     let (_held, addr) = common::refusing_addr();
     let opts = options(addr);
-    let e = within(30, move || bench::run(&opts).unwrap_err());
+    let e = within(30, move || loadgen::run(&opts).unwrap_err());
     let message = e.to_string();
     assert_eq!(
         message,
@@ -374,7 +374,7 @@ fn sweep_runs_rr_once_per_count() {
         requests: Some(100),
         ..options(server.addr)
     };
-    let rows = within(60, move || bench::sweep(&opts, &[1, 3]).unwrap());
+    let rows = within(60, move || loadgen::sweep(&opts, &[1, 3]).unwrap());
     assert_eq!(rows.iter().map(|r| r.opened).collect::<Vec<_>>(), [1, 3]);
     server.stop().unwrap();
 }

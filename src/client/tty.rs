@@ -23,7 +23,8 @@
 //! SIGINT, which rustyline's handler (installed while `readline` runs) turns
 //! into `Interrupted`.
 
-use super::{LineSender, Printed, describe, session_error};
+use super::{LineSender, Printed, session_error};
+use crate::error::describe;
 use crate::escape::{escape_lossy, unfinished};
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};

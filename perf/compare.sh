@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side: sockline, a naive tokio server (bench/naive), memcached and
+# Side-by-side: sockline, a naive tokio server (perf/naive), memcached and
 # redis-server (when installed), each pinned to CPU 0 with the load
 # (`sockline bench`) pinned to CPU 1, measured in the same run, one table.
 #
-#   bench/compare.sh [ROUNDS]      (default 3; each figure is the median)
+#   perf/compare.sh [ROUNDS]       (default 3; each figure is the median)
 #
 # Env: DURATION (s per rr run, default 5), IDLE (connections held, 10000),
 # HOLD_MAX (connections for the "held at once" row, 19000).

@@ -1,5 +1,7 @@
-//! Counters shared by a scenario's tasks, the latency histogram, and the
-//! live progress line.
+//! Counters shared by a scenario's tasks, the latency histogram, the live
+//! progress line, and what counts as an error in a reply (`is_err`, with
+//! `quote` to show the line). Every scenario and the connection opener use
+//! these; this module uses none of theirs.
 //!
 //! The runtime has one thread, so the mutexes here are never contended;
 //! they only make the state `Send` for `tokio::spawn`. One histogram serves
@@ -84,6 +86,24 @@ pub(super) fn record(h: &mut Histogram<u64>, value: u64) {
     if h.record(value).is_err() {
         h.saturating_record(value);
     }
+}
+
+/// An `ERR ...` line, the convention of sockline's protocols.
+pub(super) fn is_err(line: &[u8]) -> bool {
+    line == b"ERR" || line.starts_with(b"ERR ")
+}
+
+/// A line for an error message: quoted, escaped and cut short.
+pub(super) fn quote(line: &[u8]) -> String {
+    const MAX: usize = 60;
+    let text = String::from_utf8_lossy(&line[..line.len().min(MAX)]);
+    let more = if line.len() > MAX { "..." } else { "" };
+    format!("{:?}{more}", text)
+}
+
+/// A duration in ns, as the histograms record it.
+pub(super) fn nanos(d: Duration) -> u64 {
+    d.as_nanos().try_into().unwrap_or(u64::MAX)
 }
 
 /// p50, p99, p99.9 and max of a nanosecond histogram, in µs.
@@ -197,5 +217,18 @@ impl Monitor {
         self.task.abort();
         let _ = self.task.await;
         Some(self.peak_rss.load(Relaxed)).filter(|&kib| kib > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_err_lines() {
+        assert!(is_err(b"ERR nope"));
+        assert!(is_err(b"ERR"));
+        assert!(!is_err(b"ERROR"));
+        assert!(!is_err(b" MSG Received"));
     }
 }

@@ -1,5 +1,7 @@
 //! `sockline bench`: a load generator for any line server, what
-//! redis-benchmark is for Redis.
+//! redis-benchmark is for Redis. (The module is `loadgen`, not `bench`: in
+//! this repository `benches/` is cargo's micro-benchmarks and `perf/` the
+//! scripts that compare servers with this generator.)
 //!
 //! Three scenarios, each a question a line server must answer well:
 //!
@@ -22,6 +24,10 @@
 //! keeps its cost predictable. Requests are written in batches and replies
 //! parsed straight from the read buffer, so one core drives far more load
 //! than a server on one core answers.
+//!
+//! Built with the `bench` feature (on by default): tokio, the histograms,
+//! the progress line and the plots serve this module only, and the server
+//! does without them.
 
 mod fanout;
 mod idle;
@@ -33,6 +39,7 @@ mod stats;
 
 pub use output::{plot, write_json, write_table};
 
+use crate::error::describe;
 use serde::{Deserialize, Serialize};
 use stats::{Progress, Stats};
 use std::io::{self, IsTerminal};
@@ -360,18 +367,6 @@ fn resolve(addr: &str) -> io::Result<SocketAddr> {
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg.into())
-}
-
-/// An I/O error as a short lowercase phrase: "connection refused", without
-/// the "(os error 111)" tail.
-fn describe(e: &io::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" (os error").next().unwrap_or_default();
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => format!("{:?}", e.kind()),
-    }
 }
 
 /// True when stderr is a terminal a person watches.

@@ -6,9 +6,9 @@
 //! once (its buffers, if the server keeps any, have been touched by then).
 
 use super::net::open_all;
-use super::rr::{is_err, nanos, quote};
-use super::stats::{Monitor, Percentiles, Stats, record};
+use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
 use super::{Ctx, Report, per_conn, per_op};
+use crate::error::describe;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,14 +110,14 @@ async fn exchange(stream: &mut TcpStream, line: &[u8]) -> Result<Vec<u8>, String
     stream
         .write_all(line)
         .await
-        .map_err(|e| format!("send failed: {}", super::describe(&e)))?;
+        .map_err(|e| format!("send failed: {}", describe(&e)))?;
     let mut reply = Vec::new();
     let mut chunk = [0; 512];
     loop {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("receive failed: {}", super::describe(&e)))?;
+            .map_err(|e| format!("receive failed: {}", describe(&e)))?;
         if n == 0 {
             return Err("connection closed by the server before replying".into());
         }

@@ -6,8 +6,9 @@
 //! one write: one syscall each way per batch on both sides.
 
 use super::net::open_all;
-use super::stats::{Monitor, Percentiles, Stats, record};
+use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
 use super::{Ctx, Report, per_conn, per_op};
+use crate::error::describe;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -166,7 +167,7 @@ async fn drive(mut stream: TcpStream, shared: Arc<Shared>) -> Option<TcpStream> 
             result = wr.write(&wbuf[written..]), if written < wbuf.len() => match result {
                 Ok(0) => return lost(stats, "connection closed while sending".into()),
                 Ok(n) => written += n,
-                Err(e) => return lost(stats, format!("send failed: {}", super::describe(&e))),
+                Err(e) => return lost(stats, format!("send failed: {}", describe(&e))),
             },
             result = rd.read_buf(&mut rbuf) => match result {
                 Ok(0) => {
@@ -181,7 +182,7 @@ async fn drive(mut stream: TcpStream, shared: Arc<Shared>) -> Option<TcpStream> 
                         return None;
                     }
                 }
-                Err(e) => return lost(stats, format!("receive failed: {}", super::describe(&e))),
+                Err(e) => return lost(stats, format!("receive failed: {}", describe(&e))),
             },
             () = &mut silence => {
                 return lost(stats, format!(
@@ -235,23 +236,6 @@ fn replies(shared: &Shared, rbuf: &mut Vec<u8>, inflight: &mut VecDeque<Instant>
     true
 }
 
-/// An `ERR ...` line, the convention of sockline's protocols.
-pub(super) fn is_err(line: &[u8]) -> bool {
-    line == b"ERR" || line.starts_with(b"ERR ")
-}
-
-/// A line for an error message: quoted, escaped and cut short.
-pub(super) fn quote(line: &[u8]) -> String {
-    const MAX: usize = 60;
-    let text = String::from_utf8_lossy(&line[..line.len().min(MAX)]);
-    let more = if line.len() > MAX { "..." } else { "" };
-    format!("{:?}{more}", text)
-}
-
-pub(super) fn nanos(d: Duration) -> u64 {
-    d.as_nanos().try_into().unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,13 +247,5 @@ mod tests {
         assert_eq!(budget.claim(4), 4);
         assert_eq!(budget.claim(4), 2);
         assert_eq!(budget.claim(4), 0);
-    }
-
-    #[test]
-    fn recognizes_err_lines() {
-        assert!(is_err(b"ERR nope"));
-        assert!(is_err(b"ERR"));
-        assert!(!is_err(b"ERROR"));
-        assert!(!is_err(b" MSG Received"));
     }
 }

@@ -1,5 +1,6 @@
 //! The server's CPU time and resident memory, read from Linux's `/proc`.
 
+use crate::error::describe;
 use std::io;
 
 /// Clock ticks per second of `/proc/PID/stat`'s times. This is the kernel's
@@ -24,7 +25,7 @@ impl ServerProc {
                 e.kind(),
                 format!(
                     "cannot read {path} (is --server-pid {pid} running?): {}",
-                    super::describe(&e)
+                    describe(&e)
                 ),
             )
         })?;

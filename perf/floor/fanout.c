@@ -1,7 +1,7 @@
 /* The floor for chat fan-out cost: a minimal single-threaded epoll chat
  * server, nothing on the path but framing and the writes.
  *
- *   gcc -O2 -o fanout bench/floor/fanout.c
+ *   gcc -O2 -o fanout perf/floor/fanout.c
  *   fanout PORT perline|batched        (PORT 0 picks one)
  *
  * Every complete line from member i goes to every other member as

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Chat fan-out cost: `sockline serve --mode chat` next to the floor, a
-# minimal C epoll server (bench/floor/fanout.c) in its two strategies:
+# minimal C epoll server (perf/floor/fanout.c) in its two strategies:
 # `perline` (one write per line per recipient) and `batched` (one write per
 # recipient per event-loop round). Each server is pinned to CPU 0, the load
 # (`sockline bench --scenario fanout`) to CPU 1; the servers take turns on
@@ -8,8 +8,8 @@
 # latency, server CPU µs per delivered line, and sockline's CPU per delivery
 # over each server's.
 #
-#   bench/chat.sh            (DURATION s per case and server, default 10)
-#   BEFORE=path/to/older/sockline bench/chat.sh
+#   perf/chat.sh             (DURATION s per case and server, default 10)
+#   BEFORE=path/to/older/sockline perf/chat.sh
 #                            (also that binary, in the same rotation: an A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ DURATION=${DURATION:-10}
 cargo build --release -q -p sockline
 SOCKLINE=target/release/sockline
 FLOOR=target/fanout-floor
-gcc -O2 -Wall -o "$FLOOR" bench/floor/fanout.c
+gcc -O2 -Wall -o "$FLOOR" perf/floor/fanout.c
 ulimit -n "$(ulimit -Hn)"
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT

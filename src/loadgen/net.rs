@@ -7,7 +7,8 @@
 //! 127.0.0.2 when the kernel runs out of ports, and so on.
 
 use super::Ctx;
-use super::stats::{Monitor, Stats, histogram, record};
+use super::stats::{Monitor, Stats, histogram, nanos, record};
+use crate::error::describe;
 use hdrhistogram::Histogram;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -78,13 +79,13 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
         let (result, took) = joined.map_err(io::Error::other)?;
         match result {
             Ok(stream) => {
-                record(&mut connect, super::rr::nanos(took));
+                record(&mut connect, nanos(took));
                 streams.push(stream);
                 Stats::add(&stats.opened, 1);
             }
             Err(e) => {
                 failed += 1;
-                stats.error(|| format!("cannot connect to {target}: {}", super::describe(&e)));
+                stats.error(|| format!("cannot connect to {target}: {}", describe(&e)));
                 first_failure.get_or_insert(e);
             }
         }
@@ -95,7 +96,7 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
         let e = first_failure.unwrap_or_else(|| io::Error::other("no connection"));
         return Err(io::Error::new(
             e.kind(),
-            format!("cannot connect to {target}: {}", super::describe(&e)),
+            format!("cannot connect to {target}: {}", describe(&e)),
         ));
     }
     Ok(Opened {

@@ -8,9 +8,9 @@
 //! their delivery latency; other lines (greetings, join notices) are ignored.
 
 use super::net::open_all;
-use super::rr::{is_err, nanos, quote};
-use super::stats::{Monitor, Percentiles, Stats, record};
+use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
 use super::{Ctx, Report, per_conn, per_op};
+use crate::error::describe;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,7 +137,7 @@ async fn send(mut wr: OwnedWriteHalf, plan: Plan, stats: Arc<Stats>) -> Option<O
         let stamp = nanos(plan.epoch.elapsed());
         line.extend_from_slice(format!("#b {} {seq} {stamp}\n", plan.me).as_bytes());
         if let Err(e) = wr.write_all(&line).await {
-            stats.error(|| format!("member {} cannot send: {}", plan.me, super::describe(&e)));
+            stats.error(|| format!("member {} cannot send: {}", plan.me, describe(&e)));
             return None;
         }
         Stats::add(&stats.sent, 1);
@@ -194,7 +194,7 @@ async fn receive(
                     }
                 }
                 Err(e) => {
-                    stats.error(|| format!("member {me}: receive failed: {}", super::describe(&e)));
+                    stats.error(|| format!("member {me}: receive failed: {}", describe(&e)));
                     return None;
                 }
             },

@@ -4,7 +4,7 @@
 # with the server's RSS sampled every 10 s. RSS must come back to its
 # baseline once the churn stops.
 #
-#   bench/soak.sh [MINUTES]
+#   perf/soak.sh [MINUTES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
