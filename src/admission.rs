@@ -29,13 +29,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The one line the refused client gets.
-    pub fn line(self) -> &'static [u8] {
+    /// Why, in a few words (for logs).
+    pub fn reason(self) -> &'static str {
         match self {
-            Refusal::Full => b"ERR server full\n",
-            Refusal::Denied => b"ERR access denied\n",
-            Refusal::PerIp => b"ERR too many connections from your address\n",
+            Refusal::Full => "server full",
+            Refusal::Denied => "access denied",
+            Refusal::PerIp => "too many connections from your address",
         }
+    }
+
+    /// The one line the refused client gets, without its terminator (the
+    /// connection's framing adds it).
+    pub fn line(self) -> Vec<u8> {
+        format!("ERR {}", self.reason()).into_bytes()
     }
 
     /// Its metric label.

@@ -242,10 +242,10 @@ impl<S> Connection<S> {
         match refusal {
             Some(why) => {
                 self.state = State::Refusing;
-                scratch.output.extend_from_slice(why.line());
+                self.framing.encode(&why.line(), &mut scratch.output);
                 self.send(scratch);
                 // Never admitted, never served: its line is no output.
-                scratch.counts.bytes_out -= why.line().len() as u64;
+                scratch.counts.bytes_out -= scratch.output.len() as u64;
             }
             None => {
                 let mut out = scratch.output(self.id, self.framing);

@@ -15,6 +15,7 @@ pub use crate::admission::Access;
 
 use crate::admission::{Admission, Refusal};
 use crate::connection::{Connection, Scratch, Status};
+use crate::framing::Framing;
 use crate::kernel;
 use crate::mailbox::{self, Letterbox, Mail};
 use crate::metrics::Metrics;
@@ -374,14 +375,12 @@ impl<P: Protocol> Worker<P> {
         let mut refusal = None;
         if let Err(why) = shared.admit(peer.ip()) {
             shared.config.metrics.refused(why);
-            let line = why.line();
-            let text = String::from_utf8_lossy(&line[4..line.len() - 1]);
-            tracing::info!(%peer, "refused: {text}");
+            tracing::info!(%peer, "refused: {}", why.reason());
             if shared.config.tls.is_none() {
                 if self.lingering >= LINGER_MAX {
                     // A fresh socket's send buffer is empty, so this does
                     // not block; the close is immediate.
-                    let _ = stream.write(line);
+                    let _ = stream.write(&Framing::Line.frame(&why.line()));
                     return;
                 }
                 // Told at once, then a lingering close (see `close`).
