@@ -6,7 +6,10 @@
 #   perf/compare.sh [ROUNDS]       (default 3; each figure is the median)
 #
 # Env: DURATION (s per rr run, default 5), IDLE (connections held, 10000),
-# HOLD_MAX (connections for the "held at once" row, 19000).
+# HOLD_MAX (connections for the "held at once" row, 19000), BEFORE (an older
+# sockline binary: one more column and a "sockline / before" ratio, an A/B in
+# the same interleaved rounds), PEERS (which servers, default all found,
+# e.g. PEERS="sockline before" for the A/B alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -30,6 +33,7 @@ start() {
   ADDR=127.0.0.1:$port
   case $1 in
     sockline)  taskset -c 0 "$SOCKLINE" serve -q --listen "$ADDR" --max-conns 20000 2>/dev/null & PAYLOAD=hello ;;
+    before)    taskset -c 0 "$BEFORE" serve -q --listen "$ADDR" --max-conns 20000 2>/dev/null & PAYLOAD=hello ;;
     naive)     taskset -c 0 "$NAIVE" "$ADDR" 2>/dev/null & PAYLOAD=hello ;;
     memcached) taskset -c 0 memcached -u root -t 1 -U 0 -c 20000 -l 127.0.0.1 -p "$port" & PAYLOAD=version ;;
     redis)     taskset -c 0 redis-server --port "$port" --save '' --appendonly no --maxclients 20000 \
@@ -45,9 +49,15 @@ start() {
 stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
 load() { taskset -c 1 "$SOCKLINE" bench "$ADDR" --payload "$PAYLOAD" --server-pid "$PID" --json "$@"; }
 
-PEERS=(sockline naive)
-command -v memcached >/dev/null && PEERS+=(memcached)
-command -v redis-server >/dev/null && PEERS+=(redis)
+if [ -n "${PEERS:-}" ]; then
+  read -r -a PEERS <<< "$PEERS"
+else
+  PEERS=(sockline)
+  [ -n "${BEFORE:-}" ] && PEERS+=(before)
+  PEERS+=(naive)
+  command -v memcached >/dev/null && PEERS+=(memcached)
+  command -v redis-server >/dev/null && PEERS+=(redis)
+fi
 
 # Rounds interleave the servers, so drift on this noisy machine hits all alike.
 for round in $(seq "$ROUNDS"); do
@@ -88,19 +98,23 @@ rows = [
     ("throughput k replies/s, 50 conns, 1 in flight", "rr1", "throughput", 0),
 ]
 print(f"\n{rounds} rounds, median; server on CPU 0, load on CPU 1; ratio = sockline / best peer\n")
-print("| figure | " + " | ".join(peers) + " | ratio |")
-print("|---|" + "---|" * (len(peers) + 1))
+ab = "before" in peers
+print("| figure | " + " | ".join(peers) + " | ratio |" + (" sockline / before |" if ab else ""))
+print("|---|" + "---|" * (len(peers) + 1 + ab))
 for name, kind, field, digits in rows:
     vals = {p: med(p, kind, field) for p in peers}
     if field == "p99_us":
         vals = {p: v / 1000 if v is not None else None for p, v in vals.items()}
     if field == "throughput":
         vals = {p: v / 1000 if v is not None else None for p, v in vals.items()}
-    others = [v for p, v in vals.items() if p != "sockline" and v is not None]
+    others = [v for p, v in vals.items() if p not in ("sockline", "before") and v is not None]
     best = (max if field == "throughput" else min)(others) if others else None
     ratio = f"{vals['sockline'] / best:.2f}" if best else "—"
     cells = [f"{v:.{digits}f}" if v is not None else "—" for v in vals.values()]
-    print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    versus = ""
+    if ab:
+        versus = f" {vals['sockline'] / vals['before']:.2f} |" if vals["before"] else " — |"
+    print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |" + versus)
 hold = json.load(open(f"{out}/sockline.hold.json"))
 print(f"\nsockline held {hold['opened']} of {hold_max} connections at once, "
       f"{hold['answered']} answered correctly, {hold['errors']} errors; "
