@@ -95,6 +95,15 @@ pub struct ServeArgs {
     /// room forgets its history as it empties.
     #[arg(long, value_name = "N", default_value_t = sockline::mode::HISTORY_ROOMS)]
     pub history_rooms: usize,
+    /// Chat: rooms span every sockline pointed at this Redis
+    /// (redis://[USER:PASSWORD@]HOST:PORT[/DB]); Redis puts each room's
+    /// lines in one order for every node.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Chat with --redis: this node's name in the cluster (default:
+    /// HOSTNAME-PID).
+    #[arg(long, value_name = "NAME", requires = "redis")]
+    pub node: Option<String>,
     /// Bytes of messages from others (chat) a client may leave unread
     /// before it is disconnected as too slow.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]

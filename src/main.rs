@@ -39,6 +39,12 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.quiet, args.verbose, args.log_format);
+    if let Some(url) = &args.redis {
+        if args.mode != Mode::Chat {
+            anyhow::bail!("--redis is for --mode chat (rooms across servers)");
+        }
+        mode::check_url(url).map_err(anyhow::Error::msg)?;
+    }
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
@@ -84,10 +90,26 @@ fn serve(args: ServeArgs) -> Result<()> {
         Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
         Mode::Chat => {
             let rooms = mode::LocalRooms::new(args.history).history_rooms(args.history_rooms);
-            server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown)
+            match &args.redis {
+                None => server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown),
+                Some(url) => {
+                    let node = args.node.clone().unwrap_or_else(default_node);
+                    eprintln!("sockline: chat rooms through Redis at {url}, as node {node}");
+                    let rooms = mode::RedisRooms::new(url, &node, rooms, args.history);
+                    server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown)
+                }
+            }
         }
     }
     .context("server failed")
+}
+
+/// A node name unique enough: this host's name and this process's id.
+fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let host = if host.is_empty() { "sockline" } else { host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// The server's TLS config from the --tls-* flags, if any.

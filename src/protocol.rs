@@ -56,6 +56,19 @@ impl ConnId {
     pub(crate) fn key(self) -> usize {
         self.key as usize
     }
+
+    /// As one number (to carry it through another system and back).
+    pub fn pack(self) -> u64 {
+        (u64::from(self.key) << 32) | u64::from(self.generation)
+    }
+
+    /// From [`pack`](Self::pack)'s number.
+    pub fn unpack(packed: u64) -> Self {
+        ConnId {
+            key: (packed >> 32) as u32,
+            generation: packed as u32,
+        }
+    }
 }
 
 /// A line bound for several connections, encoded once and shared: its

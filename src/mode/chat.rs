@@ -52,12 +52,14 @@
 //! room as it empties. A room with members always keeps its history.
 //! Emptied rooms thus hold at most `--history-rooms` × `--history` lines.
 
+mod cluster;
 mod command;
 mod rooms;
 
+pub use cluster::{ClusterEvent, Delivery, RedisRooms, check_url};
 pub use rooms::{HISTORY_ROOMS, LocalRooms, MessageKind, Rooms};
 
-use crate::{CloseReason, ConnId, Flow, Message, Output, Protocol};
+use crate::{CloseReason, ConnId, Flow, Mailbox, Message, Output, Protocol};
 use command::{Input, parse, valid_name};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -220,8 +222,16 @@ impl<R: Rooms> Chat<R> {
 
 impl<R: Rooms> Protocol for Chat<R> {
     type Session = ();
-    type Event = ();
+    type Event = R::Event;
     const ONE_LOOP: bool = true;
+
+    fn start(&mut self, mailbox: Mailbox<R::Event>) {
+        self.rooms.start(mailbox);
+    }
+
+    fn loop_event(&mut self, event: R::Event, out: &mut Output) {
+        self.rooms.event(event, out);
+    }
 
     fn open(&mut self, _peer: SocketAddr, out: &mut Output) {
         let id = out.id();

@@ -5,7 +5,10 @@ mod chat;
 mod echo;
 
 pub use ack::Ack;
-pub use chat::{Chat, HISTORY_ROOMS, LOBBY, LocalRooms, MessageKind, Rooms};
+pub use chat::{
+    Chat, ClusterEvent, Delivery, HISTORY_ROOMS, LOBBY, LocalRooms, MessageKind, RedisRooms, Rooms,
+    check_url,
+};
 pub use echo::Echo;
 
 /// True when `line` is the tutorial's quit word, `BYE` in any ASCII case.

@@ -13,7 +13,7 @@
 //! the one that emptied longest ago first. Rooms with members keep their
 //! history regardless (they are bounded by the connections).
 
-use crate::{ConnId, Message, Output};
+use crate::{ConnId, Mailbox, Message, Output};
 use std::collections::{HashMap, VecDeque};
 
 /// What a published message is; decides whether later joiners see it.
@@ -31,6 +31,16 @@ pub enum MessageKind {
 /// same order: the order of [`publish`](Rooms::publish) calls, for
 /// [`LocalRooms`].
 pub trait Rooms: Clone + Send + 'static {
+    /// What reaches these rooms from outside the event loop (messages
+    /// coming back from a remote ordering point); `()` for none.
+    type Event: Send + 'static;
+
+    /// The event loop starts; `mailbox` posts [`Rooms::Event`]s to it.
+    fn start(&mut self, _mailbox: Mailbox<Self::Event>) {}
+
+    /// An event posted through the mailbox arrived on the loop.
+    fn event(&mut self, _event: Self::Event, _out: &mut Output) {}
+
     /// Puts `member` in `room` (created on first join) and returns the
     /// room's history, oldest first, for the newcomer to catch up on.
     fn join(&mut self, room: &str, member: ConnId) -> Vec<Message>;
@@ -181,6 +191,8 @@ fn is_live(rooms: &HashMap<String, Room>, (name, stamp): &(String, u64)) -> bool
 }
 
 impl Rooms for LocalRooms {
+    type Event = ();
+
     fn join(&mut self, name: &str, member: ConnId) -> Vec<Message> {
         let room = match self.rooms.get_mut(name) {
             Some(room) => {
