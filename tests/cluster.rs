@@ -6,11 +6,14 @@ mod common;
 use common::{RedisServer, connect, serve_binary};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 /// A chat member: its stream, and the lines it has read.
 struct Member {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
+    /// Every line read so far.
+    log: Vec<String>,
 }
 
 impl Member {
@@ -20,6 +23,7 @@ impl Member {
         let mut member = Member {
             writer: stream.try_clone().unwrap(),
             reader: BufReader::new(stream),
+            log: Vec::new(),
         };
         assert!(member.line().starts_with("* welcome "));
         member.say(&format!("/nick {name}"));
@@ -35,11 +39,22 @@ impl Member {
 
     fn line(&mut self) -> String {
         let mut line = String::new();
-        assert!(
-            self.reader.read_line(&mut line).unwrap() > 0,
-            "server closed"
-        );
-        line.trim_end_matches('\n').to_owned()
+        let read = self.reader.read_line(&mut line);
+        let tail = &self.log[self.log.len().saturating_sub(8)..];
+        match read {
+            Ok(0) => panic!("server closed; last lines: {tail:?}"),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = std::fs::write(
+                    std::env::temp_dir().join("sockline-member.log"),
+                    self.log.join("\n"),
+                );
+                panic!("{e}; {} lines read, the last: {tail:?}", self.log.len())
+            }
+        }
+        let line = line.trim_end_matches('\n').to_owned();
+        self.log.push(line.clone());
+        line
     }
 
     /// Reads until `want`; returns the lines before it.
@@ -135,16 +150,196 @@ fn members_on_two_nodes_see_one_order() {
 }
 
 #[test]
-fn a_line_that_cannot_reach_redis_comes_back_as_an_error() {
-    let mut redis = RedisServer::start();
+fn lines_wait_while_redis_is_down_and_past_the_bound_come_back_as_errors() {
+    let dir = std::env::temp_dir().join(format!("sockline-redis-down-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = common::free_port();
+    let mut redis = RedisServer::start_on(port, Some(&dir));
     let a = node(&redis, "a");
     let mut alice = Member::join(a.addr, "alice");
-    redis.child.kill().unwrap();
-    redis.child.wait().unwrap();
-    alice.say("is anyone there?");
-    let line = alice.line();
-    assert!(
-        line.starts_with("ERR not sent: "),
-        "got {line:?} instead of ERR not sent"
+    let mut carol = Member::join(a.addr, "carol");
+    alice.wait_for("* user-2 is now carol");
+    redis.kill();
+    carol.wait_for("* cluster link lost: lines wait and go out when it is back");
+    // More than the publisher's queue holds (1,024 and the one it retries).
+    const LINES: usize = 1100;
+    for i in 0..LINES {
+        alice.say(&format!("line {i:04}"));
+    }
+    // /who is answered at once, after every line before it was handled.
+    alice.say("/who");
+    let before = alice.wait_for("* members of lobby: alice, carol");
+    let errors = before
+        .iter()
+        .filter(|l| l.starts_with("ERR not sent: "))
+        .count();
+    assert!(errors > 0, "nothing was refused: {before:?}");
+    let _back = RedisServer::start_on(port, Some(&dir));
+    // What waited goes out in order once Redis is back; nothing twice.
+    let mut delivered = carol.said(&["alice: "], 1024);
+    alice.say("last");
+    delivered
+        .extend((carol.wait_for("alice: last").into_iter()).filter(|l| l.starts_with("alice: ")));
+    let want: Vec<String> = (0..delivered.len())
+        .map(|i| format!("alice: line {i:04}"))
+        .collect();
+    assert_eq!(delivered, want);
+    assert!(delivered.len() >= 1024, "only {} waited", delivered.len());
+    assert_eq!(errors + delivered.len(), LINES);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Four members, two on each node: (alice on a, carol on a, bob on b, dave
+/// on b), all in the lobby and known to each other.
+fn four(a: &common::Binary, b: &common::Binary) -> [Member; 4] {
+    let alice = Member::join(a.addr, "alice");
+    let mut carol = Member::join(a.addr, "carol");
+    let mut bob = Member::join(b.addr, "bob");
+    let dave = Member::join(b.addr, "dave");
+    let mut alice = alice;
+    for member in [&mut alice, &mut carol, &mut bob] {
+        member.wait_for("* user-2 is now dave");
+    }
+    [alice, carol, bob, dave]
+}
+
+/// Alice and bob each send `n` numbered lines, `gap` apart, while `meanwhile`
+/// runs; carol and dave must then see all `2 n` exactly once, in one order,
+/// each sender's in the order sent; alice and bob no ERR.
+fn talk_through(members: &mut [Member; 4], n: usize, gap: Duration, meanwhile: impl FnOnce()) {
+    let speak = |mut writer: TcpStream, who: &'static str| {
+        std::thread::spawn(move || {
+            for i in 0..n {
+                writer
+                    .write_all(format!("{who} {i:03}\n").as_bytes())
+                    .unwrap();
+                std::thread::sleep(gap);
+            }
+        })
+    };
+    let [alice, carol, bob, dave] = members;
+    let talk = [
+        speak(alice.writer.try_clone().unwrap(), "from-alice"),
+        speak(bob.writer.try_clone().unwrap(), "from-bob"),
+    ];
+    meanwhile();
+    for t in talk {
+        t.join().unwrap();
+    }
+    let both = ["alice: ", "bob: ", "ERR "];
+    let on_a = carol.said(&both, 2 * n);
+    let on_b = dave.said(&both, 2 * n);
+    assert_eq!(
+        on_a, on_b,
+        "carol (node a) and dave (node b) saw different orders"
     );
+    for who in ["alice", "bob"] {
+        let got: Vec<&String> = on_a
+            .iter()
+            .filter(|l| l.starts_with(&format!("{who}: ")))
+            .collect();
+        let want: Vec<String> = (0..n)
+            .map(|i| format!("{who}: from-{who} {i:03}"))
+            .collect();
+        assert_eq!(
+            got,
+            want.iter().collect::<Vec<_>>(),
+            "{who}'s lines, lost or doubled or out of order"
+        );
+    }
+    for sender in [alice, bob] {
+        assert!(
+            !sender.log.iter().any(|l| l.starts_with("ERR")),
+            "{:?}",
+            sender.log
+        );
+    }
+}
+
+#[test]
+fn redis_killed_and_restarted_with_its_data_loses_and_doubles_nothing() {
+    let dir = std::env::temp_dir().join(format!("sockline-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = common::free_port();
+    let mut redis = RedisServer::start_on(port, Some(&dir));
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut members = four(&a, &b);
+    let mut restarted = None;
+    talk_through(&mut members, 150, Duration::from_millis(5), || {
+        std::thread::sleep(Duration::from_millis(250));
+        redis.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        restarted = Some(RedisServer::start_on(port, Some(&dir)));
+    });
+    // Members were told the link went and came back.
+    let [_, carol, _, _] = &mut members;
+    let told = |what: &str| carol.log.iter().any(|l| l.starts_with(what));
+    assert!(told("* cluster link lost"), "{:?}", carol.log);
+    assert!(told("* cluster link back"), "{:?}", carol.log);
+    drop(restarted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn redis_paused_for_five_seconds_loses_nothing() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut members = four(&a, &b);
+    let pid = redis.child.id().to_string();
+    talk_through(&mut members, 50, Duration::from_millis(20), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let signal = |sig: &str| {
+            let status = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        };
+        signal("-STOP");
+        std::thread::sleep(Duration::from_secs(5));
+        signal("-CONT");
+    });
+}
+
+#[test]
+fn a_cut_subscription_is_repaired_from_the_stream() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut members = four(&a, &b);
+    talk_through(&mut members, 200, Duration::from_millis(2), || {
+        for _ in 0..3 {
+            // Past the nodes' 200 ms pause before they resubscribe.
+            std::thread::sleep(Duration::from_millis(300));
+            let reply = redis.command("CLIENT KILL TYPE pubsub");
+            assert!(reply.starts_with(':') && reply.trim() != ":0", "{reply}");
+        }
+    });
+}
+
+#[test]
+fn redis_restarted_empty_tells_members_their_history_was_lost() {
+    let port = common::free_port();
+    let mut redis = RedisServer::start_on(port, None);
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    let mut members = four(&a, &b);
+    talk_through(&mut members, 5, Duration::ZERO, || {});
+    redis.kill();
+    let _fresh = RedisServer::start_on(port, None);
+    // Counting starts again on every node, and nothing is dropped as seen.
+    talk_through(&mut members, 5, Duration::from_millis(50), || {});
+    let [_, carol, _, dave] = &mut members;
+    for member in [carol, dave] {
+        assert!(
+            member
+                .log
+                .iter()
+                .any(|l| l.starts_with("* the cluster's store restarted empty")),
+            "{:?}",
+            member.log
+        );
+    }
 }

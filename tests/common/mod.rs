@@ -254,15 +254,33 @@ impl RedisServer {
     /// Starts one without persistence; fails the test, saying what to
     /// install, if there is no `redis-server`.
     pub fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        Self::start_on(free_port(), None)
+    }
+
+    /// Starts one on `port`; with `dir`, it keeps its data there (an
+    /// append-only file, synced on every write) across restarts.
+    pub fn start_on(port: u16, dir: Option<&std::path::Path>) -> RedisServer {
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match dir {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}): run .ci/run or apt-get install redis-server")
+                panic!("cannot run redis-server ({e}): run scripts/test.sh or apt-get install redis-server")
             });
         let server = RedisServer {
             child: KillOnDrop(child),
@@ -274,6 +292,24 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         server
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends one command (RESP inline) and returns the first reply line.
+    pub fn command(&self, line: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
+        reply
     }
 
     pub fn url(&self) -> String {

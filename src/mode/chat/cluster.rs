@@ -16,10 +16,24 @@
 //! (its queue is full) or cannot send (Redis is unreachable) comes back to
 //! its sender as one `ERR not sent ...` line, never silence.
 //!
-//! What this first step does not do yet, and says so: names and `/who` are
-//! per node; history is per node (the stream is written, not yet read); a
-//! lost subscription is resubscribed, but messages published meanwhile are
-//! not repaired from the stream.
+//! Nothing lost, nothing doubled:
+//! - The publisher retries a message until Redis takes it (for up to
+//!   [`PUBLISH_PATIENCE`]; then its sender gets `ERR not sent`). Each
+//!   message carries an id the script remembers for a few minutes, so a
+//!   retry after a reply that was lost on the way is not published twice.
+//! - The subscriber delivers each room's messages strictly by offset: one
+//!   it has seen is dropped; after a gap (a subscription that was cut, a
+//!   node that lagged) the missing offsets are read back from the room's
+//!   stream, whose entries are keyed by offset, before going on; after it
+//!   resubscribes, every room it knows is checked the same way.
+//! - Redis restarted empty starts a new epoch (a random id the script sets
+//!   when it finds none): nodes start counting again, and members are told
+//!   the cluster's history was lost.
+//! - Members are told when the link to Redis is lost and when it is back.
+//!
+//! Not done yet: names, `/who` and `/rooms` are per node; history replayed
+//! to a newcomer is per node (the stream is read for repairs, not yet for
+//! history); a node that dies is not yet noticed by the others.
 
 use super::rooms::{LocalRooms, MessageKind, Rooms};
 use crate::mailbox::Refused;
@@ -39,16 +53,31 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach Redis again.
 const RETRY: Duration = Duration::from_millis(200);
 
-/// The ordering step: offset, stream, publish, atomically.
-/// KEYS: offsets hash, the room's stream, the room's channel.
-/// ARGV: room, the message (without its offset), stream length (0: none).
+/// How long the publisher keeps trying one message before its sender is
+/// told it was not sent (and the next one's turn comes).
+pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
+/// A room's stream keeps at least this many messages, for repairs.
+const REPAIR_WINDOW: usize = 10_000;
+
+/// The ordering step: epoch, offset, stream, publish, atomically; a message
+/// id seen before returns its offset without publishing again.
+/// KEYS: epoch, offsets hash, the room's stream, the room's channel, the
+/// message id's key.
+/// ARGV: room, the message (without epoch and offset), stream length, a
+/// fresh epoch in case there is none.
 const PUBLISH_SCRIPT: &str = r#"
-local offset = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-local message = offset .. '\t' .. ARGV[2]
-if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'm', message)
+local done = redis.call('GET', KEYS[5])
+if done then return tonumber(done) end
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
 end
-redis.call('PUBLISH', KEYS[3], message)
+local offset = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local message = epoch .. '\t' .. offset .. '\t' .. ARGV[2]
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-1', 'm', message)
+redis.call('PUBLISH', KEYS[4], message)
+redis.call('SET', KEYS[5], offset, 'EX', 300)
 return offset
 "#;
 
@@ -64,6 +93,8 @@ pub enum ClusterEvent {
         /// Why, in a few words.
         why: &'static str,
     },
+    /// Something every member on this node should know, as a `* ` line.
+    Notice(&'static str),
 }
 
 /// A room message as it came back from Redis.
@@ -82,6 +113,11 @@ pub struct Delivery {
     /// The payload.
     pub msg: Message,
 }
+
+/// Link notices.
+const LINK_LOST: &str = "* cluster link lost: lines wait and go out when it is back";
+const LINK_BACK: &str = "* cluster link back";
+const HISTORY_LOST: &str = "* the cluster's store restarted empty: its history was lost";
 
 /// A message for the publisher thread.
 struct Publish {
@@ -169,6 +205,14 @@ impl Rooms for RedisRooms {
                     &Message::from(format!("ERR not sent: {why}").as_bytes()),
                 );
             }
+            ClusterEvent::Notice(text) => {
+                let notice = Message::from(text.as_bytes());
+                for (room, _) in self.local.list() {
+                    for member in self.local.members(&room) {
+                        out.send(member, &notice);
+                    }
+                }
+            }
         }
     }
 
@@ -200,8 +244,12 @@ impl Rooms for RedisRooms {
             body,
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = link.try_send(publish) {
-            let why = Message::from(&b"ERR not sent: the cluster link is busy"[..]);
-            out.send(from, &why);
+            let why = b"ERR not sent: the cluster link is busy";
+            // In line with the sender's replies when it is the one served.
+            match out.id() == from {
+                true => out.line(why),
+                false => out.send(from, &Message::from(&why[..])),
+            }
         }
     }
 
@@ -236,10 +284,12 @@ fn encode(node: &str, from: ConnId, kind: MessageKind, msg: &[u8]) -> Vec<u8> {
     body
 }
 
-/// A published message: `offset \t node \t from \t kind \t payload`.
-fn decode(room: &str, message: &[u8]) -> Option<Delivery> {
-    let mut fields = message.splitn(5, |&b| b == b'\t');
+/// A published message: `epoch \t offset \t node \t from \t kind \t
+/// payload`; the epoch goes apart.
+fn decode(room: &str, message: &[u8]) -> Option<(String, Delivery)> {
+    let mut fields = message.splitn(6, |&b| b == b'\t');
     let mut text = || std::str::from_utf8(fields.next()?).ok();
+    let epoch = text()?.to_owned();
     let offset = text()?.parse().ok()?;
     let node = text()?.to_owned();
     let from = ConnId::unpack(text()?.parse().ok()?);
@@ -249,14 +299,23 @@ fn decode(room: &str, message: &[u8]) -> Option<Delivery> {
         _ => return None,
     };
     let msg = Message::from(fields.next()?);
-    Some(Delivery {
+    let delivery = Delivery {
         room: room.to_owned(),
         offset,
         node,
         from,
         kind,
         msg,
-    })
+    };
+    Some((epoch, delivery))
+}
+
+fn epoch_key() -> String {
+    format!("{PREFIX}:epoch")
+}
+
+fn sent_key(id: &str) -> String {
+    format!("{PREFIX}:sent:{id}")
 }
 
 fn offsets_key() -> String {
@@ -287,8 +346,8 @@ fn post_loop(mailbox: &Mailbox<ClusterEvent>, mut event: ClusterEvent) -> bool {
 }
 
 /// The publisher thread: runs the ordering script for each message, in the
-/// order they were handed over; a message it cannot publish is reported
-/// to its sender.
+/// order they were handed over, retrying each until Redis takes it or
+/// [`PUBLISH_PATIENCE`] runs out (then its sender is told).
 fn publisher(
     url: &str,
     node: &str,
@@ -297,36 +356,62 @@ fn publisher(
     mailbox: &Mailbox<ClusterEvent>,
 ) {
     let script = redis::Script::new(PUBLISH_SCRIPT);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos());
+    let length = history.max(REPAIR_WINDOW);
     let mut connection = None;
-    for publish in queue {
-        if connection.is_none() {
-            connection = connect(url);
-        }
-        let Some(con) = connection.as_mut() else {
-            let to = publish.from;
-            let why = "the cluster link is down";
-            if !post_loop(mailbox, ClusterEvent::NotSent { to, why }) {
-                return;
+    for (count, publish) in queue.iter().enumerate() {
+        // Unique across restarts of a node of the same name.
+        let id = format!("{node}:{started:x}:{count}");
+        let deadline = std::time::Instant::now() + PUBLISH_PATIENCE;
+        loop {
+            if connection.is_none() {
+                connection = connect(url);
             }
-            continue;
-        };
-        let sent: redis::RedisResult<u64> = script
-            .key(offsets_key())
-            .key(stream_key(&publish.room))
-            .key(channel(&publish.room))
-            .arg(&publish.room)
-            .arg(&publish.body)
-            .arg(history)
-            .invoke(con);
-        if let Err(e) = sent {
-            tracing::warn!(node, "Redis: cannot publish: {e}");
-            connection = None;
-            let (to, why) = (publish.from, "the cluster link failed");
-            if !post_loop(mailbox, ClusterEvent::NotSent { to, why }) {
-                return;
+            let sent: redis::RedisResult<u64> = match connection.as_mut() {
+                Some(con) => script
+                    .key(epoch_key())
+                    .key(offsets_key())
+                    .key(stream_key(&publish.room))
+                    .key(channel(&publish.room))
+                    .key(sent_key(&id))
+                    .arg(&publish.room)
+                    .arg(&publish.body)
+                    .arg(length)
+                    .arg(fresh_epoch())
+                    .invoke(con),
+                None => Err(redis::RedisError::from(std::io::Error::other(
+                    "no connection",
+                ))),
+            };
+            match sent {
+                Ok(_) => break,
+                Err(e) => {
+                    if connection.take().is_some() {
+                        tracing::warn!(node, "Redis: cannot publish: {e}");
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        let (to, why) = (publish.from, "the cluster link is down");
+                        if !post_loop(mailbox, ClusterEvent::NotSent { to, why }) {
+                            return;
+                        }
+                        break;
+                    }
+                    std::thread::sleep(RETRY);
+                }
             }
         }
     }
+}
+
+/// An epoch for the script to set if Redis has none (it started empty):
+/// never one used before, so every node sees the change.
+fn fresh_epoch() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos());
+    format!("{now:x}-{:x}", std::process::id())
 }
 
 fn connect(url: &str) -> Option<redis::Connection> {
@@ -340,14 +425,18 @@ fn connect(url: &str) -> Option<redis::Connection> {
     }
 }
 
-/// The subscriber thread: every room channel, each message posted to the
-/// loop in the order Redis sends them; resubscribes after a failure.
-/// `subscribed` hears once the first subscription stands.
+/// The subscriber thread: every room channel; each room's messages posted
+/// to the loop in offset order, exactly once, gaps repaired from the
+/// room's stream; resubscribes after a failure (and checks every room it
+/// knows for what it missed). `subscribed` hears once the first
+/// subscription stands.
 fn subscriber(url: &str, mailbox: &Mailbox<ClusterEvent>, subscribed: &SyncSender<()>) {
     let pattern = channel("*");
     let prefix = channel("");
+    let mut order = Order::default();
+    let mut lost = false;
     loop {
-        let Some(mut connection) = connect(url) else {
+        let (Some(mut connection), Some(mut commands)) = (connect(url), connect(url)) else {
             std::thread::sleep(RETRY);
             continue;
         };
@@ -358,6 +447,13 @@ fn subscriber(url: &str, mailbox: &Mailbox<ClusterEvent>, subscribed: &SyncSende
             continue;
         }
         let _ = subscribed.try_send(());
+        // What was published while we were not listening.
+        if !order.catch_up(&mut commands, mailbox) {
+            return;
+        }
+        if std::mem::take(&mut lost) && !post_loop(mailbox, ClusterEvent::Notice(LINK_BACK)) {
+            return;
+        }
         loop {
             let message = match pubsub.get_message() {
                 Ok(message) => message,
@@ -370,15 +466,147 @@ fn subscriber(url: &str, mailbox: &Mailbox<ClusterEvent>, subscribed: &SyncSende
             let Some(room) = channel.strip_prefix(&prefix) else {
                 continue;
             };
-            let Some(delivery) = decode(room, message.get_payload_bytes()) else {
+            let Some((epoch, delivery)) = decode(room, message.get_payload_bytes()) else {
                 tracing::warn!(channel, "Redis: a message sockline did not write");
                 continue;
             };
-            if !post_loop(mailbox, ClusterEvent::Delivered(delivery)) {
+            if !order.receive(&epoch, delivery, &mut commands, mailbox) {
                 return;
             }
         }
+        lost = true;
+        if !post_loop(mailbox, ClusterEvent::Notice(LINK_LOST)) {
+            return;
+        }
         std::thread::sleep(RETRY);
+    }
+}
+
+/// Where each room's order stands on this node.
+#[derive(Default)]
+struct Order {
+    epoch: Option<String>,
+    /// The last offset delivered, per room.
+    last: std::collections::HashMap<String, u64>,
+}
+
+/// A stream entry as XRANGE returns it: its id, and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+impl Order {
+    /// Delivers `delivery` in its place: drops one seen before, first
+    /// repairs a gap before it. False once the loop is gone.
+    fn receive(
+        &mut self,
+        epoch: &str,
+        delivery: Delivery,
+        commands: &mut redis::Connection,
+        mailbox: &Mailbox<ClusterEvent>,
+    ) -> bool {
+        if self.epoch.as_deref() != Some(epoch) {
+            let restarted = self.epoch.is_some();
+            self.epoch = Some(epoch.to_owned());
+            self.last.clear();
+            if restarted && !post_loop(mailbox, ClusterEvent::Notice(HISTORY_LOST)) {
+                return false;
+            }
+        }
+        let offset = delivery.offset;
+        let last = self.last.get(&delivery.room).copied();
+        if last.is_some_and(|last| offset <= last) {
+            return true; // seen before (a repair got it first)
+        }
+        if let Some(last) = last
+            && offset > last + 1
+            && !self.repair(&delivery.room, last, offset - 1, commands, mailbox)
+        {
+            return false;
+        }
+        self.last.insert(delivery.room.clone(), offset);
+        post_loop(mailbox, ClusterEvent::Delivered(delivery))
+    }
+
+    /// Reads offsets `after + 1 ..= upto` of `room` back from its stream
+    /// and delivers them.
+    fn repair(
+        &mut self,
+        room: &str,
+        after: u64,
+        upto: u64,
+        commands: &mut redis::Connection,
+        mailbox: &Mailbox<ClusterEvent>,
+    ) -> bool {
+        let entries: redis::RedisResult<Vec<Entry>> = redis::cmd("XRANGE")
+            .arg(stream_key(room))
+            .arg(format!("{}-1", after + 1))
+            .arg(format!("{upto}-1"))
+            .query(commands);
+        let entries = entries.unwrap_or_else(|e| {
+            tracing::warn!(
+                room,
+                "Redis: cannot repair offsets {}..={upto}: {e}",
+                after + 1
+            );
+            Vec::new()
+        });
+        let mut next = after + 1;
+        for (_, fields) in entries {
+            let Some((_, message)) = fields.into_iter().find(|(name, _)| name == "m") else {
+                continue;
+            };
+            let Some((_, delivery)) = decode(room, &message) else {
+                continue;
+            };
+            if delivery.offset < next {
+                continue;
+            }
+            next = delivery.offset + 1;
+            self.last.insert(room.to_owned(), delivery.offset);
+            if !post_loop(mailbox, ClusterEvent::Delivered(delivery)) {
+                return false;
+            }
+        }
+        if next <= upto {
+            tracing::warn!(
+                room,
+                "Redis: offsets {next}..={upto} are gone from the stream"
+            );
+            self.last.insert(room.to_owned(), upto);
+        }
+        true
+    }
+
+    /// After (re)subscribing: each known room's current offset, and what
+    /// was missed before it.
+    fn catch_up(
+        &mut self,
+        commands: &mut redis::Connection,
+        mailbox: &Mailbox<ClusterEvent>,
+    ) -> bool {
+        let epoch: redis::RedisResult<Option<String>> =
+            redis::cmd("GET").arg(epoch_key()).query(commands);
+        if let Ok(Some(epoch)) = epoch
+            && self.epoch.as_ref().is_some_and(|known| *known != epoch)
+        {
+            // Restarted empty: counting starts again.
+            self.epoch = Some(epoch);
+            self.last.clear();
+            return post_loop(mailbox, ClusterEvent::Notice(HISTORY_LOST));
+        }
+        let rooms: Vec<(String, u64)> = self.last.iter().map(|(r, o)| (r.clone(), *o)).collect();
+        for (room, last) in rooms {
+            let now: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
+                .arg(offsets_key())
+                .arg(&room)
+                .query(commands);
+            if let Ok(Some(now)) = now
+                && now > last
+                && !self.repair(&room, last, now, commands, mailbox)
+            {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -390,9 +618,10 @@ mod tests {
     fn messages_survive_the_round_trip_through_their_encoding() {
         let from = ConnId::new(7, 3);
         let body = encode("node-1", from, MessageKind::Line, b"bob: a\ttab and \xff");
-        let mut published = b"42\t".to_vec();
+        let mut published = b"e1\t42\t".to_vec();
         published.extend_from_slice(&body);
-        let got = decode("lobby", &published).unwrap();
+        let (epoch, got) = decode("lobby", &published).unwrap();
+        assert_eq!(epoch, "e1");
         assert_eq!(
             got,
             Delivery {
