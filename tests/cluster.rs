@@ -343,3 +343,48 @@ fn redis_restarted_empty_tells_members_their_history_was_lost() {
         );
     }
 }
+
+#[test]
+fn history_lives_in_redis_for_every_node_and_every_restart() {
+    let redis = RedisServer::start();
+    let with_history = |name: &str| {
+        serve_binary(&[
+            "--mode",
+            "chat",
+            "-q",
+            "--redis",
+            &redis.url(),
+            "--node",
+            name,
+            "--history",
+            "3",
+        ])
+    };
+    let a = with_history("a");
+    let mut alice = Member::join(a.addr, "alice");
+    alice.say("/join dev");
+    alice.wait_for("* you joined dev");
+    for i in 1..=4 {
+        alice.say(&format!("line {i}"));
+    }
+    alice.say("/quit");
+    alice.wait_for("* bye");
+    let want = ["alice: line 2", "alice: line 3", "alice: line 4"];
+    // A node started later, and one started after every node went away,
+    // both give a newcomer the room's last lines.
+    let b = with_history("b");
+    drop(a);
+    let mut bob = Member::join(b.addr, "bob");
+    bob.say("/join dev");
+    bob.wait_for("* you joined dev");
+    let got: Vec<String> = (0..3).map(|_| bob.line()).collect();
+    assert_eq!(got, want);
+    drop(bob);
+    drop(b);
+    let c = with_history("c");
+    let mut carol = Member::join(c.addr, "carol");
+    carol.say("/join dev");
+    carol.wait_for("* you joined dev");
+    let got: Vec<String> = (0..3).map(|_| carol.line()).collect();
+    assert_eq!(got, want);
+}

@@ -31,9 +31,14 @@
 //!   the cluster's history was lost.
 //! - Members are told when the link to Redis is lost and when it is back.
 //!
-//! Not done yet: names, `/who` and `/rooms` are per node; history replayed
-//! to a newcomer is per node (the stream is read for repairs, not yet for
-//! history); a node that dies is not yet noticed by the others.
+//! History (`--history N`) comes from the same streams: each node keeps the
+//! last N lines of every room as they are delivered, and at start (before
+//! it serves) reads every room's last N lines from Redis, so a newcomer on
+//! any node gets the same lines, also after the room emptied and after
+//! every server restarted.
+//!
+//! Not done yet: names, `/who` and `/rooms` are per node; a node that dies
+//! is not yet noticed by the others.
 
 use super::rooms::{LocalRooms, MessageKind, Rooms};
 use crate::mailbox::Refused;
@@ -171,7 +176,7 @@ impl Rooms for RedisRooms {
         let posts = mailbox.clone();
         let spawned = std::thread::Builder::new()
             .name("redis-sub".into())
-            .spawn(move || subscriber(&url, &posts, &subscribed))
+            .spawn(move || subscriber(&url, history, &posts, &subscribed))
             .and_then(|_| {
                 let url = self.url.clone();
                 std::thread::Builder::new()
@@ -430,11 +435,17 @@ fn connect(url: &str) -> Option<redis::Connection> {
 /// room's stream; resubscribes after a failure (and checks every room it
 /// knows for what it missed). `subscribed` hears once the first
 /// subscription stands.
-fn subscriber(url: &str, mailbox: &Mailbox<ClusterEvent>, subscribed: &SyncSender<()>) {
+fn subscriber(
+    url: &str,
+    history: usize,
+    mailbox: &Mailbox<ClusterEvent>,
+    subscribed: &SyncSender<()>,
+) {
     let pattern = channel("*");
     let prefix = channel("");
     let mut order = Order::default();
     let mut lost = false;
+    let mut loaded = false;
     loop {
         let (Some(mut connection), Some(mut commands)) = (connect(url), connect(url)) else {
             std::thread::sleep(RETRY);
@@ -445,6 +456,14 @@ fn subscriber(url: &str, mailbox: &Mailbox<ClusterEvent>, subscribed: &SyncSende
             tracing::warn!("Redis: cannot subscribe: {e}");
             std::thread::sleep(RETRY);
             continue;
+        }
+        // Once, before serving: every room's last lines, so that whoever
+        // joins gets them, also after every server restarted.
+        if !loaded && history > 0 {
+            if !order.load_history(&mut commands, history, mailbox) {
+                return;
+            }
+            loaded = true;
         }
         let _ = subscribed.try_send(());
         // What was published while we were not listening.
@@ -572,6 +591,81 @@ impl Order {
                 "Redis: offsets {next}..={upto} are gone from the stream"
             );
             self.last.insert(room.to_owned(), upto);
+        }
+        true
+    }
+
+    /// Reads the last `history` messages of every room's stream and
+    /// delivers them (there are no members yet: they become each room's
+    /// history); live messages follow from there.
+    fn load_history(
+        &mut self,
+        commands: &mut redis::Connection,
+        history: usize,
+        mailbox: &Mailbox<ClusterEvent>,
+    ) -> bool {
+        let prefix = stream_key("");
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query(commands);
+            let Ok((next, found)) = page else {
+                tracing::warn!("Redis: cannot list the rooms' history");
+                return true;
+            };
+            keys.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for key in keys {
+            let Some(room) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            // Newest first, a page at a time, until `history` lines (the
+            // stream holds notices too).
+            let (mut lines, mut newest, mut end) = (Vec::new(), None, "+".to_owned());
+            while lines.len() < history {
+                let page: redis::RedisResult<Vec<Entry>> = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg(&end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(256)
+                    .query(commands);
+                let page = page.unwrap_or_default();
+                let Some((last_id, _)) = page.last() else {
+                    break;
+                };
+                end = format!("({last_id}");
+                for (_, fields) in page {
+                    let message = fields.into_iter().find(|(name, _)| name == "m");
+                    let Some((epoch, delivery)) = message.and_then(|(_, m)| decode(room, &m))
+                    else {
+                        continue;
+                    };
+                    self.epoch.get_or_insert(epoch);
+                    newest.get_or_insert(delivery.offset);
+                    if delivery.kind == MessageKind::Line && lines.len() < history {
+                        lines.push(delivery);
+                    }
+                }
+            }
+            if let Some(newest) = newest {
+                self.last.insert(room.to_owned(), newest);
+            }
+            for delivery in lines.into_iter().rev() {
+                if !post_loop(mailbox, ClusterEvent::Delivered(delivery)) {
+                    return false;
+                }
+            }
         }
         true
     }

@@ -67,7 +67,8 @@ pub trait Rooms: Clone + Send + 'static {
     );
 
     /// Fans out a message in its place in the room's order: to every member
-    /// of `room` on this loop except `from`, and into the room's history.
+    /// of `room` on this loop except `from`, and into the room's history
+    /// (kept for a room with no member here too, as for an emptied one).
     fn deliver(
         &mut self,
         room: &str,
@@ -249,6 +250,13 @@ impl Rooms for LocalRooms {
         msg: &Message,
         out: &mut Output,
     ) {
+        let remember = kind == MessageKind::Line && self.history > 0 && self.history_rooms > 0;
+        if remember && !self.rooms.contains_key(room) {
+            // A room with no member here (its ordering point is elsewhere):
+            // its history is kept as an emptied room's, for whoever joins.
+            self.rooms.insert(room.to_owned(), Room::default());
+            self.keep(room);
+        }
         let Some(room) = self.rooms.get_mut(room) else {
             return;
         };
