@@ -64,6 +64,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod mode;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
