@@ -6,6 +6,14 @@
 //! one line saying why ([`Refusal::line`]) and is counted under
 //! [`Refusal::label`].
 //!
+//! With the PROXY protocol (`Config::proxy_protocol`) the client's address
+//! is known only once its header is read, so admission comes in two steps:
+//! [`Admission::reserve`] at accept holds one of `max_conns` (a connection
+//! waiting for its header counts as open), and
+//! [`Admission::admit_reserved`] applies the access lists and the count per
+//! address to the client's real address; [`Admission::unreserve`] gives
+//! back the slot of a connection that ended without a valid header.
+//!
 //! Every worker shares one `Admission`. The count of open connections is the
 //! `connections_open` gauge itself, claimed with an atomic add (given back
 //! when over the limit), so admitting takes no lock; only the optional count
@@ -17,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-/// Why a connection was refused at accept.
+/// Why a connection was refused (at accept, or once its PROXY header was read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// `max_conns` reached.
@@ -26,6 +34,9 @@ pub enum Refusal {
     Denied,
     /// `max_conns_per_ip` reached.
     PerIp,
+    /// `proxy_protocol`, and the connection did not start with a valid
+    /// PROXY protocol header (or ended, or timed out, before one).
+    Proxy,
 }
 
 impl Refusal {
@@ -35,6 +46,7 @@ impl Refusal {
             Refusal::Full => "server full",
             Refusal::Denied => "access denied",
             Refusal::PerIp => "too many connections from your address",
+            Refusal::Proxy => "no valid PROXY protocol header",
         }
     }
 
@@ -50,6 +62,7 @@ impl Refusal {
             Refusal::Full => "full",
             Refusal::Denied => "denied",
             Refusal::PerIp => "per_ip",
+            Refusal::Proxy => "proxy_header",
         }
     }
 }
@@ -101,19 +114,46 @@ impl Admission {
 
     /// Counts a new connection from `ip`, or says why it is refused.
     pub fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let open = &self.metrics.open;
         if !self.access.permits(ip) {
             return Err(Refusal::Denied);
         }
+        self.reserve()?;
+        self.count(ip).inspect_err(|_| self.unreserve())
+    }
+
+    /// Holds one of `max_conns` for a connection whose client is not known
+    /// yet (its PROXY header is on its way), or says the server is full.
+    pub fn reserve(&self) -> Result<(), Refusal> {
+        let open = &self.metrics.open;
         if open.fetch_add(1, Ordering::Relaxed) >= self.max_conns as u64 {
             open.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::Full);
         }
+        Ok(())
+    }
+
+    /// Admits client `ip` of a connection that holds a
+    /// [reservation](Self::reserve), or says why it is refused (and gives
+    /// the reservation back).
+    pub fn admit_reserved(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let admitted = match self.access.permits(ip) {
+            true => self.count(ip),
+            false => Err(Refusal::Denied),
+        };
+        admitted.inspect_err(|_| self.unreserve())
+    }
+
+    /// Gives back a reservation whose connection was never admitted.
+    pub fn unreserve(&self) {
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection from `ip` against `max_per_ip`.
+    fn count(&self, ip: IpAddr) -> Result<(), Refusal> {
         if self.max_per_ip > 0 {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_ip.entry(ip).or_default();
             if *count >= self.max_per_ip {
-                open.fetch_sub(1, Ordering::Relaxed);
                 return Err(Refusal::PerIp);
             }
             *count += 1;
@@ -158,6 +198,34 @@ mod tests {
         admission.release(a);
         assert_eq!(admission.admit(b), Ok(()));
         assert_eq!(admission.metrics.open.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_reservation_holds_a_slot_until_the_client_is_known() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let access = Access {
+            allow: vec![],
+            deny: vec!["10.9.0.0/16".parse().unwrap()],
+        };
+        let admission = admission(access, 2, 1);
+        let open = || admission.metrics.open.load(Ordering::Relaxed);
+        assert_eq!(admission.reserve(), Ok(()));
+        assert_eq!(admission.reserve(), Ok(()));
+        assert_eq!(admission.reserve(), Err(Refusal::Full));
+        assert_eq!(open(), 2);
+        // The reservations become connections, or are given back.
+        assert_eq!(admission.admit_reserved(a), Ok(()));
+        assert_eq!(admission.admit_reserved(a), Err(Refusal::PerIp));
+        assert_eq!(open(), 1);
+        assert_eq!(admission.reserve(), Ok(()));
+        let denied = "10.9.0.1".parse().unwrap();
+        assert_eq!(admission.admit_reserved(denied), Err(Refusal::Denied));
+        assert_eq!(admission.reserve(), Ok(()));
+        admission.unreserve();
+        assert_eq!(open(), 1);
+        admission.release(a);
+        assert_eq!(open(), 0);
+        assert_eq!(admission.admit(a), Ok(()));
     }
 
     #[test]

@@ -75,9 +75,20 @@ pub struct ServeArgs {
     /// Require client certificates signed by a CA in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
-    /// Seconds a client has to finish its TLS handshake.
+    /// Seconds a client has to finish its TLS handshake (with
+    /// --proxy-protocol, to send its PROXY header and, with TLS, finish
+    /// the handshake after it).
     #[arg(long, default_value = "10", value_parser = seconds)]
     pub tls_handshake_timeout: Duration,
+    /// Behind a load balancer (HAProxy send-proxy or send-proxy-v2, nginx
+    /// proxy_protocol, cloud load balancers): every connection must start
+    /// with a PROXY protocol header (v1 or v2) giving the client's real
+    /// address, which --allow/--deny, --max-conns-per-ip, the logs and the
+    /// metrics then see. A connection without a valid header is refused
+    /// (`ERR no valid PROXY protocol header`). Only load balancers should
+    /// be able to reach a server started with it.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,

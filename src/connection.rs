@@ -20,9 +20,11 @@
 //! # Life
 //!
 //! ```text
-//! accept
-//!   |
-//! Handshake --(refused at accept)--> Refusing ----------+
+//! accept --(--proxy-protocol)--> Proxy --(header read, or bad)--> Admitting
+//!   |                                                                  |
+//!   |   +------(the server admits the client's address, or refuses)---+
+//!   v   v
+//! Handshake --(refused)--> Refusing --------------------+
 //!   | TLS done (at once for plain TCP)                  |
 //!   v                                                   |
 //! Open --(BYE, line too long, idle timeout)--> Closing -+
@@ -38,6 +40,13 @@
 //!
 //! [`State`] is that picture; a new stage (a WebSocket upgrade, a child
 //! process) is one more state.
+//!
+//! With the PROXY protocol, the header comes before anything else (before
+//! TLS too) and only the header is read: the connection peeks at its
+//! socket until [`proxy::parse`] finds a whole header, then takes exactly
+//! its bytes, so the ClientHello or the first lines stay in the socket for
+//! the next state. Then `peer` is the client's address, and the server
+//! admits it or not ([`Status::Admit`], [`Connection::admit`]).
 
 mod inbox;
 mod outbox;
@@ -46,6 +55,7 @@ use crate::admission::Refusal;
 use crate::framing::Framing;
 use crate::metrics::Counts;
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
+use crate::proxy::{self, Parsed};
 use crate::transport::Transport;
 use inbox::{Answered, Answerer, Inbox};
 use mio::net::TcpStream;
@@ -59,6 +69,9 @@ pub use crate::framing::split_line;
 pub const READ_CHUNK: usize = 16 * 1024;
 /// Answering stops for a while once this many reply bytes are waiting.
 pub const OUTPUT_CAP: usize = 64 * 1024;
+// A whole PROXY header fits in the read buffer, where it is peeked.
+const _: () = assert!(proxy::MAX_LEN <= READ_CHUNK);
+
 /// Reads one `drive` may do before letting other connections have a turn.
 const READ_BUDGET: usize = 4;
 /// Bytes a lingering connection's socket is read for, at most, between two
@@ -121,10 +134,21 @@ pub enum Status {
     Yield,
     /// Close it now, for this reason.
     Close(CloseReason),
+    /// Its PROXY protocol header was read (`Ok`: [`Connection::peer`] is
+    /// now the client's address), or is not valid (`Err`: why): the server
+    /// decides, calls [`Connection::admit`], then drives it again.
+    Admit(Result<(), &'static str>),
 }
 
 /// The stages of a connection's life (see the module docs for the picture).
 enum State<S> {
+    /// Reading the PROXY protocol header, and nothing after it. A TLS
+    /// client refused at accept (server full) is told once its header and
+    /// its handshake are done.
+    Proxy { refusal: Option<Refusal> },
+    /// The header is read (or is bad): waiting for the server to admit or
+    /// refuse the client ([`Connection::admit`]).
+    Admitting,
     /// Before the protocol may talk: a TLS handshake under way. A client
     /// refused at accept gets its reason once the handshake is done.
     Handshake { refusal: Option<Refusal> },
@@ -183,7 +207,11 @@ impl<S> State<S> {
             | State::Emptying { session, .. }
             | State::Draining { session, .. } => Some(session),
             State::Closing { session, .. } => session,
-            State::Handshake { .. } | State::Refusing | State::Lingering { .. } => None,
+            State::Proxy { .. }
+            | State::Admitting
+            | State::Handshake { .. }
+            | State::Refusing
+            | State::Lingering { .. } => None,
         }
     }
 }
@@ -215,18 +243,63 @@ impl<S> Connection<S> {
         proto: &mut P,
         scratch: &mut Scratch,
     ) -> Self {
-        let mut conn = Connection {
+        let mut conn = Connection::new(State::Handshake { refusal }, budget, id, stream, peer);
+        conn.greet(proto, scratch);
+        conn
+    }
+
+    /// Wraps an accepted stream that starts with a PROXY protocol header
+    /// (`peer` is the proxy's address until the header is read). A client
+    /// refused at accept is told at once over plain TCP (its header is
+    /// thrown away with the rest), over TLS once its header and handshake
+    /// are done.
+    pub fn proxied<P: Protocol<Session = S>>(
+        refusal: Option<Refusal>,
+        budget: Option<u32>,
+        id: ConnId,
+        stream: Transport,
+        peer: SocketAddr,
+        proto: &mut P,
+        scratch: &mut Scratch,
+    ) -> Self {
+        if refusal.is_some() && !stream.is_tls() {
+            return Connection::open(refusal, budget, id, stream, peer, proto, scratch);
+        }
+        Connection::new(State::Proxy { refusal }, budget, id, stream, peer)
+    }
+
+    fn new(
+        state: State<S>,
+        budget: Option<u32>,
+        id: ConnId,
+        stream: Transport,
+        peer: SocketAddr,
+    ) -> Self {
+        Connection {
             id,
             stream,
             peer,
             framing: Framing::default(),
-            state: State::Handshake { refusal },
+            state,
             idle: 0,
             inbox: Inbox::new(budget.unwrap_or(u32::MAX)),
             outbox: Outbox::default(),
-        };
-        conn.greet(proto, scratch);
-        conn
+        }
+    }
+
+    /// The server's word on a client whose PROXY header was read (after
+    /// [`Status::Admit`]): `None` admits it (its session opens, over TLS
+    /// once the handshake is done), a refusal is told to it.
+    pub fn admit<P: Protocol<Session = S>>(
+        &mut self,
+        refusal: Option<Refusal>,
+        proto: &mut P,
+        scratch: &mut Scratch,
+    ) {
+        if let State::Admitting = self.state {
+            self.state = State::Handshake { refusal };
+            self.greet(proto, scratch);
+        }
     }
 
     /// Leaves `Handshake` once the stream is ready for the protocol: opens
@@ -286,12 +359,17 @@ impl<S> Connection<S> {
         self.flush_only()
     }
 
-    /// True while a TLS handshake is under way.
+    /// True before the protocol may talk: while the PROXY header is read
+    /// or a TLS handshake is under way.
     pub fn handshaking(&self) -> bool {
-        matches!(self.state, State::Handshake { .. })
+        matches!(
+            self.state,
+            State::Proxy { .. } | State::Admitting | State::Handshake { .. }
+        )
     }
 
-    /// The client's address.
+    /// The client's address: with the PROXY protocol, the one its header
+    /// gave (the proxy's own until then, or with a header that gave none).
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -351,6 +429,14 @@ impl<S> Connection<S> {
         scratch: &mut Scratch,
         unread: Option<u64>,
     ) {
+        if let State::Proxy { .. } | State::Admitting = self.state {
+            // Never served: nothing to answer, just close.
+            self.state = State::Closing {
+                session: None,
+                why: CloseReason::Shutdown,
+            };
+            return;
+        }
         let State::Open(session) = &mut self.state else {
             return;
         };
@@ -455,8 +541,11 @@ impl<S> Connection<S> {
         max_line: usize,
         hup: bool,
     ) -> Status {
-        if self.lingering() {
-            return self.discard(scratch);
+        match self.state {
+            State::Lingering { .. } => return self.discard(scratch),
+            State::Proxy { refusal } => return self.proxy_header(refusal, scratch, hup),
+            State::Admitting => return Status::Wait { want_write: false },
+            _ => {}
         }
         scratch.budget = self.inbox.budget;
         let status = self.work(proto, scratch, max_line, hup);
@@ -571,6 +660,69 @@ impl<S> Connection<S> {
                     tracing::info!(peer = %self.peer, "TLS: {e}");
                 }
                 Some(Status::Close(error_reason(&e)))
+            }
+        }
+    }
+
+    /// Reads the PROXY header, and only the header: peeks until the socket
+    /// holds a whole one, then takes its bytes, leaving what follows. A
+    /// partial header waits for more (the handshake timeout bounds it); the
+    /// client's end before a whole one closes it.
+    fn proxy_header(
+        &mut self,
+        refusal: Option<Refusal>,
+        scratch: &mut Scratch,
+        hup: bool,
+    ) -> Status {
+        let peek = &mut scratch.input[..proxy::MAX_LEN];
+        let n = loop {
+            match self.stream.peek(peek) {
+                Ok(0) => return Status::Close(CloseReason::Client),
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Status::Wait { want_write: false };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Status::Close(error_reason(&e)),
+            }
+        };
+        let (len, client) = match proxy::parse(&peek[..n]) {
+            // The client's end came, and no more will.
+            Parsed::Incomplete if hup => return Status::Close(CloseReason::Client),
+            Parsed::Incomplete => return Status::Wait { want_write: false },
+            Parsed::Invalid(why) => {
+                if refusal.is_some() {
+                    // Refused already; no header to tell it after.
+                    return Status::Close(CloseReason::Protocol);
+                }
+                self.state = State::Admitting;
+                return Status::Admit(Err(why));
+            }
+            Parsed::Header { len, source, .. } => (len, Some(source)),
+            Parsed::Local { len } => (len, None),
+        };
+        // The bytes are in the socket: take exactly the header's.
+        let mut left = len;
+        while left > 0 {
+            match self.stream.read_raw(&mut scratch.input[..left]) {
+                Ok(0) => return Status::Close(CloseReason::Client),
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Status::Close(error_reason(&e)),
+            }
+        }
+        if let Some(client) = client {
+            self.peer = client;
+        }
+        match refusal {
+            None => {
+                self.state = State::Admitting;
+                Status::Admit(Ok(()))
+            }
+            Some(why) => {
+                // On to the handshake, after which it is told.
+                self.state = State::Handshake { refusal: Some(why) };
+                Status::Yield
             }
         }
     }

@@ -72,6 +72,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         tls,
         handshake_timeout: args.tls_handshake_timeout,
         write_timeout: Some(args.write_timeout).filter(|t| !t.is_zero()),
+        proxy_protocol: args.proxy_protocol,
     };
     if let Some(at) = args.metrics_listen {
         let metrics_listener =

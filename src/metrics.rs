@@ -42,7 +42,12 @@ const CLOSES: [CloseReason; 10] = [
 ];
 
 /// Refusals in the order they are exposed.
-const REFUSALS: [Refusal; 3] = [Refusal::Full, Refusal::Denied, Refusal::PerIp];
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Full,
+    Refusal::Denied,
+    Refusal::PerIp,
+    Refusal::Proxy,
+];
 
 /// One counter per refusal, found by a match on the reason.
 #[derive(Debug, Default)]
@@ -50,6 +55,7 @@ struct ByRefusal {
     full: AtomicU64,
     denied: AtomicU64,
     per_ip: AtomicU64,
+    proxy: AtomicU64,
 }
 
 impl ByRefusal {
@@ -58,6 +64,7 @@ impl ByRefusal {
             Refusal::Full => &self.full,
             Refusal::Denied => &self.denied,
             Refusal::PerIp => &self.per_ip,
+            Refusal::Proxy => &self.proxy,
         }
     }
 }
@@ -211,7 +218,7 @@ impl Metrics {
         text.by(
             "refused_total",
             "counter",
-            "Connections refused at accept.",
+            "Connections refused: at accept, or with --proxy-protocol by the client's address once its header is read, or for want of a valid header (proxy_header).",
             "reason",
             REFUSALS.map(|why| (why.label(), get(self.refused.of(why)))),
         );

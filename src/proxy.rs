@@ -7,7 +7,7 @@
 //! specification (doc/proxy-protocol.txt, "The PROXY protocol, Versions 1 &
 //! 2"): [`parse`] says whether they start with a complete header, how long
 //! it is, and what it carries. The connection peeks at its socket and
-//! takes exactly [`Parsed::len`] bytes, so what follows (a TLS ClientHello,
+//! takes exactly [`Parsed::header_len`] bytes, so what follows (a TLS ClientHello,
 //! the first lines) stays for the next stage.
 //!
 //! - Version 1 is one text line, `PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n`

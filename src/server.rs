@@ -63,6 +63,13 @@ pub struct Config {
     /// Close a connection whose pending bytes the client took none of for
     /// this long (it does not read).
     pub write_timeout: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from
+    /// a load balancer) giving the client's address, which admission, the
+    /// logs and the protocol then see; one without a valid header is
+    /// refused. A connection waiting for its header holds one of
+    /// `max_conns`, and has `handshake_timeout` to send it (and finish
+    /// its TLS handshake, if any).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -81,6 +88,7 @@ impl Default for Config {
             tls: None,
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Some(Duration::from_secs(30)),
+            proxy_protocol: false,
         }
     }
 }
@@ -239,9 +247,19 @@ struct Worker<P: Protocol> {
 struct Entry<S> {
     conn: Connection<S>,
     want_write: bool,
-    /// Counted as open (not a client refused at accept, kept only to be
-    /// told why).
-    admitted: bool,
+    standing: Standing,
+}
+
+/// Where a connection stands with [`Admission`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Counted as open.
+    Admitted,
+    /// Refused, kept only to be told why (over TLS, one of `refusing`).
+    Refused,
+    /// Waiting for its PROXY header: holds one of `max_conns`, and is
+    /// admitted or refused by the address the header gives.
+    Pending,
 }
 
 impl<P: Protocol> Worker<P> {
@@ -372,10 +390,21 @@ impl<P: Protocol> Worker<P> {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
         let shared = &self.shared;
+        let proxied = shared.config.proxy_protocol;
         let mut refusal = None;
-        if let Err(why) = shared.admit(peer.ip()) {
+        // With the PROXY protocol, `peer` is the proxy: the client is known
+        // once its header is read (see `admit_proxied`); until then it
+        // holds one of max_conns.
+        let verdict = match proxied {
+            true => shared.admission.reserve(),
+            false => shared.admit(peer.ip()),
+        };
+        if let Err(why) = verdict {
             shared.config.metrics.refused(why);
-            tracing::info!(%peer, "refused: {}", why.reason());
+            match proxied {
+                true => tracing::info!(proxy = %peer, "refused: {}", why.reason()),
+                false => tracing::info!(%peer, "refused: {}", why.reason()),
+            }
             if shared.config.tls.is_none() {
                 if self.lingering >= LINGER_MAX {
                     // A fresh socket's send buffer is empty, so this does
@@ -391,7 +420,7 @@ impl<P: Protocol> Worker<P> {
                 self.refusing += 1;
             }
             refusal = Some(why);
-        } else {
+        } else if !proxied {
             shared.config.metrics.accepted();
         }
         let _ = stream.set_nodelay(true);
@@ -415,17 +444,22 @@ impl<P: Protocol> Worker<P> {
                 match refusal {
                     Some(_) if shared.config.tls.is_some() => self.refusing -= 1,
                     Some(_) => {}
+                    None if proxied => shared.admission.unreserve(),
                     None => shared.release(peer.ip()),
                 }
                 return;
             }
         };
-        if refusal.is_none() {
+        if refusal.is_none() && !proxied {
             tracing::info!(%peer, "connection opened");
         }
         let id = ConnId::new(key, self.generation);
         self.generation = self.generation.wrapping_add(1);
-        let conn = Connection::open(
+        let open = match proxied {
+            true => Connection::proxied,
+            false => Connection::open,
+        };
+        let conn = open(
             refusal,
             self.budget,
             id,
@@ -434,10 +468,15 @@ impl<P: Protocol> Worker<P> {
             &mut self.proto,
             &mut self.scratch,
         );
+        let standing = match refusal {
+            Some(_) => Standing::Refused,
+            None if proxied => Standing::Pending,
+            None => Standing::Admitted,
+        };
         entry.insert(Entry {
             conn,
             want_write: false,
-            admitted: refusal.is_none(),
+            standing,
         });
         self.deliver_post();
         self.drive(key, false);
@@ -450,11 +489,63 @@ impl<P: Protocol> Worker<P> {
         let status = entry
             .conn
             .drive(&mut self.proto, &mut self.scratch, max_line, hup);
+        if let Status::Admit(header) = status {
+            return self.admit_proxied(key, header, hup);
+        }
         if status == Status::Yield {
             self.ready.push((key, hup));
         }
         self.settle(key, status);
         self.deliver_post();
+    }
+
+    /// Connection `key` read its PROXY header (`Ok`: its `peer` is now the
+    /// client's address) or a bad one (`Err`: why): admits the client or
+    /// refuses it, as `admit` does at accept, then drives it on.
+    fn admit_proxied(&mut self, key: usize, header: Result<(), &'static str>, hup: bool) {
+        let shared = &self.shared;
+        let entry = &mut self.conns[key];
+        let peer = entry.conn.peer();
+        let proxy = entry.conn.stream().peer_addr().unwrap_or(peer);
+        let verdict = match header {
+            Ok(()) => shared.admission.admit_reserved(peer.ip()),
+            Err(bad) => {
+                shared.admission.unreserve();
+                tracing::info!(%proxy, "refused: {} ({bad})", Refusal::Proxy.reason());
+                Err(Refusal::Proxy)
+            }
+        };
+        let refusal = verdict.err();
+        match refusal {
+            None => {
+                entry.standing = Standing::Admitted;
+                shared.config.metrics.accepted();
+                tracing::info!(%peer, %proxy, "connection opened");
+            }
+            Some(why) => {
+                entry.standing = Standing::Refused;
+                shared.config.metrics.refused(why);
+                if header.is_ok() {
+                    tracing::info!(%peer, %proxy, "refused: {}", why.reason());
+                }
+                if shared.config.tls.is_some() {
+                    if why == Refusal::Proxy || self.refusing >= TLS_REFUSALS {
+                        // Nothing a TLS client could read, or enough
+                        // handshakes for refusals: just close.
+                        let mut entry = self.conns.remove(key);
+                        let _ = self.poll.registry().deregister(entry.conn.stream());
+                        return;
+                    }
+                    self.refusing += 1;
+                }
+            }
+        }
+        let entry = &mut self.conns[key];
+        entry
+            .conn
+            .admit(refusal, &mut self.proto, &mut self.scratch);
+        self.deliver_post();
+        self.drive(key, hup);
     }
 
     fn settle(&mut self, key: usize, status: Status) {
@@ -473,7 +564,8 @@ impl<P: Protocol> Worker<P> {
                     self.close(key, CloseReason::Error);
                 }
             }
-            Status::Wait { .. } | Status::Yield => {}
+            // `Admit` comes only from `drive`, which handles it.
+            Status::Wait { .. } | Status::Yield | Status::Admit(_) => {}
             Status::Close(why) => self.close(key, why),
         }
     }
@@ -533,15 +625,32 @@ impl<P: Protocol> Worker<P> {
             tracing::debug!(peer = %entry.conn.peer(), "lingering close ended: {}", why.as_str());
             return;
         }
-        if !entry.admitted {
-            // Never admitted: told why, now gone.
-            if self.shared.config.tls.is_some() {
-                self.refusing -= 1;
+        match entry.standing {
+            Standing::Refused => {
+                // Never admitted: told why, now gone.
+                if self.shared.config.tls.is_some() {
+                    self.refusing -= 1;
+                }
             }
-        } else {
-            self.shared.release(entry.conn.peer().ip());
-            metrics.closed(why);
-            tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+            Standing::Pending => {
+                // It ended without a PROXY header: refused as a bad one is.
+                self.shared.admission.unreserve();
+                metrics.refused(Refusal::Proxy);
+                let before = match why {
+                    CloseReason::Handshake => {
+                        let timeout = self.shared.config.handshake_timeout;
+                        format!("none within {} s", timeout.as_secs_f64())
+                    }
+                    why => format!("{} before one", why.as_str()),
+                };
+                let proxy = entry.conn.peer();
+                tracing::info!(%proxy, "refused: {} ({before})", Refusal::Proxy.reason());
+            }
+            Standing::Admitted => {
+                self.shared.release(entry.conn.peer().ip());
+                metrics.closed(why);
+                tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+            }
         }
         let linger = may_linger && why.lingers() && (self.draining || self.lingering < LINGER_MAX);
         let session = if linger {
@@ -665,9 +774,8 @@ impl<P: Protocol> Worker<P> {
         };
         for key in keys {
             if let Some(entry) = self.conns.get_mut(key) {
-                let peer = entry.conn.peer();
-                let local = entry.conn.stream().local_addr();
-                let unread = local.ok().and_then(|local| queues.get(&(local, peer)));
+                let ends = socket_ends(&mut entry.conn);
+                let unread = ends.and_then(|ends| queues.get(&ends));
                 let unread = unread.map(|q| q.unread);
                 entry
                     .conn
@@ -691,8 +799,8 @@ impl<P: Protocol> Worker<P> {
                 continue;
             };
             let peer = entry.conn.peer();
-            let local = entry.conn.stream().local_addr();
-            let queued = local.ok().and_then(|local| queues.get(&(local, peer)));
+            let ends = socket_ends(&mut entry.conn);
+            let queued = ends.and_then(|ends| queues.get(&ends));
             let unsent = entry.conn.unsent() + queued.map_or(0, |q| q.unacked as usize);
             if unsent > 0 {
                 tracing::warn!(
@@ -708,12 +816,23 @@ impl<P: Protocol> Worker<P> {
     }
 }
 
+/// A connection's socket's local and remote addresses, as the kernel's
+/// tables name it (with the PROXY protocol, `peer()` is the client behind
+/// the proxy, not the socket's other end).
+fn socket_ends<S>(conn: &mut Connection<S>) -> Option<(SocketAddr, SocketAddr)> {
+    let peer = conn.peer();
+    let stream = conn.stream();
+    let local = stream.local_addr().ok()?;
+    Some((local, stream.peer_addr().unwrap_or(peer)))
+}
+
 /// What the periodic sweep does, and how often.
 struct Sweep {
     every: Duration,
     /// Sweeps without a line before a connection is idle, and its notice.
     idle: Option<(u32, Vec<u8>)>,
-    /// Sweeps a TLS handshake may take.
+    /// Sweeps a TLS handshake (and with the PROXY protocol, its header
+    /// before it) may take.
     handshake: Option<u32>,
     /// Sweeps in a row a connection may leave its pending bytes untaken.
     stall: Option<u32>,
@@ -726,7 +845,8 @@ struct Sweep {
 impl Sweep {
     fn new(config: &Config) -> Sweep {
         let second = Duration::from_secs(1);
-        let handshake = config.tls.as_ref().map(|_| config.handshake_timeout);
+        let handshake =
+            (config.tls.is_some() || config.proxy_protocol).then_some(config.handshake_timeout);
         let timeouts = [config.idle_timeout, handshake, config.write_timeout];
         // At least once a second, for the rate budget and the queue gauge.
         let every = match timeouts.iter().flatten().min() {

@@ -51,6 +51,20 @@ pub struct Memory {
 
 #[cfg(test)]
 impl Memory {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return match self.eof {
+                true => Ok(0),
+                false => Err(io::ErrorKind::WouldBlock.into()),
+            };
+        }
+        let n = buf.len().min(self.input.len());
+        for (to, from) in buf.iter_mut().zip(self.input.iter()) {
+            *to = *from;
+        }
+        Ok(n)
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.input.is_empty() {
             return match self.eof {
@@ -162,13 +176,26 @@ impl Transport {
     }
 
     /// Reads the bytes as they come off the wire, past any TLS: for a
-    /// connection that only throws away what it still receives.
+    /// connection that only throws away what it still receives, or takes
+    /// its PROXY protocol header.
     pub fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(tcp) => tcp.read(buf),
             Transport::Tls(tls) => tls.tcp.read(buf),
             #[cfg(test)]
             Transport::Memory(memory) => memory.read(buf),
+        }
+    }
+
+    /// Copies the bytes waiting in the socket, as they came off the wire,
+    /// without taking them: the PROXY protocol header is looked at before
+    /// TLS or the lines may see anything.
+    pub fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => tcp.peek(buf),
+            Transport::Tls(tls) => tls.tcp.peek(buf),
+            #[cfg(test)]
+            Transport::Memory(memory) => memory.peek(buf),
         }
     }
 

@@ -240,3 +240,106 @@ fn the_output_cap_stops_answering_with_lines_left() {
     drive(&mut conn, &mut Ack, &mut scratch);
     assert_eq!(received(&mut conn), b" MSG Received\n".repeat(lines));
 }
+
+/// A connection over memory that starts with a PROXY header, from a proxy
+/// at 127.0.0.1:1.
+fn open_proxied<P: Protocol>(proto: &mut P) -> (Connection<P::Session>, Scratch) {
+    let mut scratch = Scratch::default();
+    let memory = Memory {
+        room: usize::MAX,
+        ..Memory::default()
+    };
+    let stream = Transport::Memory(Box::new(memory));
+    let peer = "127.0.0.1:1".parse().unwrap();
+    let id = ConnId::new(0, 0);
+    let conn = Connection::proxied(None, None, id, stream, peer, proto, &mut scratch);
+    (conn, scratch)
+}
+
+#[test]
+fn a_proxy_header_in_pieces_gives_the_client_and_leaves_the_lines() {
+    let (mut conn, mut scratch) = open_proxied(&mut Echo);
+    assert!(conn.handshaking());
+    send(&mut conn, b"PROXY TCP4 10.1.2.3 10.0.0.1 4");
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Wait { want_write: false }
+    );
+    // Peeked, not taken: all of it is still there.
+    assert_eq!(conn.memory().input.len(), 30);
+    send(&mut conn, b"567 5000\r\nhello\nPROXY 2\n");
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Admit(Ok(()))
+    );
+    assert_eq!(conn.peer(), "10.1.2.3:4567".parse().unwrap());
+    // Exactly the header was taken; nothing was answered yet.
+    assert_eq!(conn.memory().input.len(), "hello\nPROXY 2\n".len());
+    assert_eq!(received(&mut conn), b"");
+    // Until the server decides, nothing more happens.
+    assert_eq!(
+        drive(&mut conn, &mut Echo, &mut scratch),
+        Status::Wait { want_write: false }
+    );
+    conn.admit(None, &mut Echo, &mut scratch);
+    assert!(!conn.handshaking());
+    drive(&mut conn, &mut Echo, &mut scratch);
+    assert_eq!(received(&mut conn), b"hello\nPROXY 2\n");
+}
+
+#[test]
+fn a_v2_local_header_keeps_the_connection_s_own_address() {
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    send(&mut conn, b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00hi\n");
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Admit(Ok(()))
+    );
+    assert_eq!(conn.peer(), "127.0.0.1:1".parse().unwrap());
+    conn.admit(None, &mut Ack, &mut scratch);
+    drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(received(&mut conn), b" MSG Received\n");
+}
+
+#[test]
+fn without_a_valid_proxy_header_it_is_refused_or_closed() {
+    // Lines where the header should be: the server refuses, it is told.
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    send(&mut conn, b"hello\n");
+    let status = drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(status, Status::Admit(Err("not a PROXY protocol header")));
+    conn.admit(Some(Refusal::Proxy), &mut Ack, &mut scratch);
+    assert_eq!(received(&mut conn), b"ERR no valid PROXY protocol header\n");
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Close(CloseReason::Protocol)
+    );
+    assert_eq!(conn.finish(), None);
+    // A refused client is not served, even with a good header.
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    send(&mut conn, b"PROXY TCP4 10.1.2.3 10.0.0.1 1 2\r\nhi\n");
+    drive(&mut conn, &mut Ack, &mut scratch);
+    conn.admit(Some(Refusal::Denied), &mut Ack, &mut scratch);
+    drive(&mut conn, &mut Ack, &mut scratch);
+    assert_eq!(received(&mut conn), b"ERR access denied\n");
+    // The client's end before a whole header: closed.
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    conn.memory().eof = true;
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Close(CloseReason::Client)
+    );
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    send(&mut conn, b"PROXY TCP4 ");
+    conn.memory().eof = true;
+    let status = conn.drive(&mut Ack, &mut scratch, 10, true);
+    assert_eq!(status, Status::Close(CloseReason::Client));
+    // A shutdown while it waits for its header: closed, never served.
+    let (mut conn, mut scratch) = open_proxied(&mut Ack);
+    conn.stop_reading(&mut Ack, &mut scratch, None);
+    assert_eq!(
+        drive(&mut conn, &mut Ack, &mut scratch),
+        Status::Close(CloseReason::Shutdown)
+    );
+    assert_eq!(conn.finish(), None);
+}
