@@ -6,6 +6,7 @@
 #   javac         the tutorial's Java client and server (interop tests)
 #   prlimit       the out-of-descriptors test lowers the server's limit
 #   redis-server  the chat cluster tests run a real Redis
+#   haproxy       the PROXY protocol tests run a real HAProxy (in /usr/sbin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ need=()
 command -v javac >/dev/null || need+=(default-jdk-headless)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
+PATH="$PATH:/usr/sbin" command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "the tests need: ${need[*]}; as root: apt-get update && apt-get install -y ${need[*]}" >&2

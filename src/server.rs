@@ -529,14 +529,17 @@ impl<P: Protocol> Worker<P> {
                     tracing::info!(%peer, %proxy, "refused: {}", why.reason());
                 }
                 if shared.config.tls.is_some() {
-                    if why == Refusal::Proxy || self.refusing >= TLS_REFUSALS {
-                        // Nothing a TLS client could read, or enough
-                        // handshakes for refusals: just close.
+                    if self.refusing >= TLS_REFUSALS {
+                        // Enough handshakes for refusals: just close.
                         let mut entry = self.conns.remove(key);
                         let _ = self.poll.registry().deregister(entry.conn.stream());
                         return;
                     }
                     self.refusing += 1;
+                    if why == Refusal::Proxy {
+                        // No TLS to say it in: a lingering close.
+                        return self.close(key, CloseReason::Protocol);
+                    }
                 }
             }
         }
