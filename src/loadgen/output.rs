@@ -65,6 +65,7 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
     count("answered", r.answered, &mut rows);
     count("expected", r.expected, &mut rows);
     count("delivered", r.delivered, &mut rows);
+    count("order violations", r.order_violations, &mut rows);
     if let Some(t) = r.throughput {
         rows.push(("throughput", format!("{t:.0} {unit}")));
     }
