@@ -26,9 +26,9 @@
 # Per case, one table: delivered / expected, order violations (lines a
 # receiver got out of the one room order; 0 is right), p99 delivery latency,
 # total server CPU µs per delivery (nodes + Redis; the single node alone),
-# the cluster's over the single node's, and Redis CPU per room line (Redis
-# CPU time over the whole bench run, joins and settling included, divided by
-# the stamped lines sent).
+# the cluster's over the single node's, and Redis CPU per room line (Redis's
+# CPU time in the measured phase, from the bench's server_cpu_us_each,
+# divided by the stamped lines sent).
 #
 #   perf/cluster.sh          (DURATION s per case and setup, default 10)
 set -euo pipefail
@@ -51,9 +51,6 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$OU
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-
-# cpu_ticks PID: utime+stime of PID, in clock ticks (1/100 s).
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 # start_redis: sets REDIS_PID and REDIS_PORT.
 start_redis() {
@@ -94,11 +91,8 @@ run() { # members senders rate
   local pid_a=$PID addr_a=$ADDR
   start_node b --redis "redis://127.0.0.1:$REDIS_PORT" --node b
   local pid_b=$PID addr_b=$ADDR
-  local redis_before
-  redis_before=$(cpu_ticks "$REDIS_PID")
   taskset -c "$LOAD_CPU" "$SOCKLINE" bench "$addr_a" --also "$addr_b" "${bench[@]}" \
     --server-pid "$pid_a" --server-pid "$pid_b" --server-pid "$REDIS_PID" > "$OUT/$case.cluster.json"
-  echo $(( ($(cpu_ticks "$REDIS_PID") - redis_before) * 10000 )) > "$OUT/$case.redis_cpu_us"
   stop "$pid_a" "$pid_b" "$REDIS_PID"
 
   start_node single
@@ -109,7 +103,8 @@ run() { # members senders rate
 import json, sys
 out, case = sys.argv[1], sys.argv[2]
 rep = {s: json.load(open(f"{out}/{case}.{s}.json")) for s in ("cluster", "single")}
-redis_us = int(open(f"{out}/{case}.redis_cpu_us").read())
+# The measured phase's CPU of node a, node b and Redis, in that order.
+redis_us = (rep["cluster"].get("server_cpu_us_each") or [None] * 3)[2]
 names = {"cluster": "2 nodes + Redis", "single": "1 node, no Redis"}
 cpu = lambda s: rep[s].get("server_cpu_us_per_op")
 print("| setup | delivered / expected | order violations | p99 delivery | server CPU per delivery | cluster / single | Redis CPU per room line | errors |")
@@ -119,7 +114,7 @@ for s in ("cluster", "single"):
     p99 = f"{r['p99_us'] / 1000:.2f} ms" if r.get("p99_us") is not None else "—"
     c = f"{cpu(s):.2f} µs" if cpu(s) is not None else "—"
     ratio = f"{cpu('cluster') / cpu('single'):.2f}" if s == "cluster" and cpu("single") and cpu("cluster") is not None else "—"
-    redis = f"{redis_us / r['sent']:.1f} µs" if s == "cluster" and r.get("sent") else "—"
+    redis = f"{redis_us / r['sent']:.1f} µs" if s == "cluster" and r.get("sent") and redis_us is not None else "—"
     print(f"| {names[s]} | {r['delivered']:,} / {r['expected']:,} | {r.get('order_violations')} | {p99} | {c} | {ratio} | {redis} | {r['errors']} |")
     if r.get("first_error"):
         print(f"  {s}: first error: {r['first_error']}", file=sys.stderr)

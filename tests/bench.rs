@@ -334,6 +334,7 @@ fn fanout_spreads_members_over_the_nodes_of_a_cluster() {
     assert_eq!(r.order_violations, Some(0));
     assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
     assert!(r.server_cpu_us_per_op.unwrap().is_finite());
+    assert_eq!(r.server_cpu_us_each.map(|each| each.len()), Some(3));
     assert!(r.server_rss_base_kib.unwrap() > 0);
 }
 

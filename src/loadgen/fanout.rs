@@ -70,6 +70,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     tokio::time::sleep(SETTLE).await;
 
     let cpu_before = ctx.cpu_us();
+    let each_before = ctx.cpu_us_each();
     let start = Instant::now();
     let monitor = Monitor::start(&ctx.progress, ctx.server.clone(), {
         let stats = ctx.stats.clone();
@@ -111,6 +112,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     }
     let elapsed = start.elapsed();
     let cpu_after = ctx.cpu_us();
+    let each_after = ctx.cpu_us_each();
     let rss_now = ctx.rss_kib();
     let rss_peak = monitor.stop().await.max(rss_now);
     let _ = stop.send(true);
@@ -139,6 +141,13 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     report.throughput = Some(delivered as f64 / elapsed.as_secs_f64().max(1e-9));
     Percentiles::fill(&ctx.stats.latency(), &mut report);
     report.server_cpu_us_per_op = per_op(cpu_before, cpu_after, delivered);
+    report.server_cpu_us_each = each_before.zip(each_after).map(|(before, after)| {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .collect()
+    });
     report.server_rss_base_kib = rss_base;
     report.server_rss_per_conn_kib = per_conn(rss_base, rss_peak, members);
     Ok(report)

@@ -157,6 +157,7 @@ impl Default for BenchOptions {
 /// | `delivered` | fanout | stamped lines received from other members |
 /// | `order_violations` | fanout | stamped lines a receiver got in another relative order than the other receivers did (0: every receiver saw the lines it shares with any other in the same order) |
 /// | `server_cpu_us_per_op` | with a server pid | server CPU µs per reply (rr), per connection (idle) or per delivery (fanout); with several pids, their sum |
+/// | `server_cpu_us_each` | fanout, with several server pids (only then present) | CPU µs each process spent in the measured phase, in `--server-pid` order |
 /// | `server_rss_base_kib` | with a server pid | server RSS before connecting, KiB |
 /// | `server_rss_per_conn_kib` | with a server pid | (RSS under load − base) / opened: rr and fanout peak while loaded; idle while all are held idle |
 /// | `server_rss_per_conn_answered_kib` | idle, with a server pid | (RSS after every connection answered once − base) / opened |
@@ -211,6 +212,10 @@ pub struct Report {
     pub order_violations: Option<u64>,
     /// Server CPU µs per reply, connection or delivery.
     pub server_cpu_us_per_op: Option<f64>,
+    /// fanout with several server pids: CPU µs each spent in the measured
+    /// phase, in the order given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_each: Option<Vec<u64>>,
     /// Server RSS before connecting, KiB.
     pub server_rss_base_kib: Option<u64>,
     /// Server RSS per connection under load (idle: while held), KiB.
@@ -342,6 +347,10 @@ impl Ctx<'_> {
 
     fn cpu_us(&self) -> Option<u64> {
         self.server.as_ref().and_then(|s| s.cpu_us())
+    }
+
+    fn cpu_us_each(&self) -> Option<Vec<u64>> {
+        self.server.as_ref().and_then(|s| s.cpu_us_each())
     }
 
     fn rss_kib(&self) -> Option<u64> {

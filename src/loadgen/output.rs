@@ -92,6 +92,11 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
         };
         rows.push(("server CPU", format!("{cpu:.2} µs per {per}")));
     }
+    if let Some(each) = &r.server_cpu_us_each {
+        let each: Vec<String> = each.iter().map(|us| format!("{us} µs")).collect();
+        let each = each.join(", ");
+        rows.push(("server CPU each", format!("{each} (in --server-pid order)")));
+    }
     if let Some(base) = r.server_rss_base_kib {
         rows.push(("server RSS before", format!("{base} KiB")));
     }

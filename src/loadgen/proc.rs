@@ -32,6 +32,15 @@ impl ServerProc {
         self.pids.iter().map(|&pid| cpu_us(pid)).sum()
     }
 
+    /// Each process's CPU time so far, in µs, in the order given; `None`
+    /// for just one process, or when one cannot be read.
+    pub fn cpu_us_each(&self) -> Option<Vec<u64>> {
+        if self.pids.len() < 2 {
+            return None;
+        }
+        self.pids.iter().map(|&pid| cpu_us(pid)).collect()
+    }
+
     /// Resident set size now, in KiB, summed over the processes.
     pub fn rss_kib(&self) -> Option<u64> {
         self.pids.iter().map(|&pid| rss_kib(pid)).sum()
@@ -107,6 +116,7 @@ mod tests {
     fn reads_this_process() {
         let me = ServerProc::open(&[std::process::id(), std::process::id()]).unwrap();
         assert!(me.cpu_us().is_some());
+        assert_eq!(me.cpu_us_each().unwrap().len(), 2);
         assert!(me.rss_kib().unwrap() > 0);
     }
 }
