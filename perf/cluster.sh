@@ -45,8 +45,7 @@ cargo build --release -q -p sockline
 SOCKLINE=${CARGO_TARGET_DIR:-target}/release/sockline
 ulimit -n "$(ulimit -Hn)"
 OUT=$(mktemp -d)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$OUT"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -58,7 +57,6 @@ start_redis() {
   taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
     --save '' --appendonly no --logfile "$OUT/redis.log" &
   REDIS_PID=$!
-  PIDS+=("$REDIS_PID")
   until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
     kill -0 "$REDIS_PID" 2>/dev/null || { echo "redis did not start: $(cat "$OUT/redis.log")" >&2; exit 1; }
     sleep 0.05
@@ -70,9 +68,9 @@ start_redis() {
 start_node() {
   local log=$OUT/$1.log
   shift
+  : > "$log" # Before the node starts: the last case's node wrote here too.
   taskset -c "$SERVE_CPU" "$SOCKLINE" serve --mode chat -q --listen 127.0.0.1:0 "$@" 2>"$log" &
   PID=$!
-  PIDS+=("$PID")
   until grep -q 'listening on' "$log"; do
     kill -0 "$PID" 2>/dev/null || { echo "node did not start: $(cat "$log")" >&2; exit 1; }
     sleep 0.05
