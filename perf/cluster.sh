@@ -16,12 +16,14 @@
 #   split:   the nodes (and the single node) on CPU 0; Redis and the load on
 #            CPU 1. Redis gets room, but competes with the generator, whose
 #            timing then colours the latency.
-# Measured both on this machine (DURATION=3): `servers` gave the lower CPU
-# per delivery (cluster 2.46 µs vs 3.99 µs at 100 members, 0.42 vs 0.58 at
-# 1,000) and the lower p99 (16 vs 34 ms; 392 vs 594 ms), as Redis on the
-# load's core delays both the load's timing and Redis's replies. It is also
-# the fair comparison: the cluster gets exactly the one core the single
-# node gets.
+# Measured both on this machine (DURATION=10, cluster rows): `servers` gave
+# the lower CPU per delivery, 2.29 vs 3.34 µs at 100 members and 0.41 vs
+# 0.54 µs at 1,000 (Redis alone 49 vs 71 µs per room line: with a core of
+# its own it wakes for fewer lines at a time), and p99 was mixed (9 vs 19 ms
+# at 100 members; 257 vs 152 ms at 1,000, and the other way round in a 3 s
+# run). `servers` is also the fair comparison: the cluster gets exactly the
+# one core the single node gets, and the load generator has the other to
+# itself in both setups.
 #
 # Per case, one table: delivered / expected, order violations (lines a
 # receiver got out of the one room order; 0 is right), p99 delivery latency,
