@@ -22,8 +22,8 @@
 # its own it wakes for fewer lines at a time), and p99 was mixed (9 vs 19 ms
 # at 100 members; 257 vs 152 ms at 1,000, and the other way round in a 3 s
 # run). `servers` is also the fair comparison: the cluster gets exactly the
-# one core the single node gets, and the load generator has the other to
-# itself in both setups.
+# one core the single node gets, and the load generator has the other core
+# to itself, for the cluster as for the single node.
 #
 # Per case, one table: delivered / expected, order violations (lines a
 # receiver got out of the one room order; 0 is right), p99 delivery latency,
