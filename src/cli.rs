@@ -195,8 +195,14 @@ impl ConnectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Server address, HOST:PORT.
+    /// Server address, HOST:PORT. fanout: several, comma-separated
+    /// (HOST:PORT,HOST:PORT), spread the members over those servers
+    /// round-robin, as --also does.
     pub addr: String,
+    /// fanout: one more server address (repeatable); members are spread
+    /// over all addresses round-robin, e.g. the nodes of a cluster.
+    #[arg(long, value_name = "ADDR")]
+    pub also: Vec<String>,
     /// rr: request/reply throughput and latency; idle: cost of held
     /// connections; fanout: chat room delivery.
     #[arg(long, value_enum, default_value_t = sockline::loadgen::Scenario::Rr)]
@@ -232,9 +238,11 @@ pub struct BenchArgs {
     /// them send on the same tick.
     #[arg(long)]
     pub stagger: bool,
-    /// Server process id: report its CPU per reply and memory per connection.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Server process id: report its CPU per reply and memory per
+    /// connection. Repeatable: CPU and memory are summed over all the given
+    /// processes (a cluster's nodes and Redis).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Vec<u32>,
     /// Seconds to wait for a connect, or for a reply that is owed, before
     /// counting an error.
     #[arg(long, default_value = "10", value_parser = seconds)]
@@ -256,6 +264,7 @@ impl BenchArgs {
     pub fn options(&self) -> sockline::loadgen::BenchOptions {
         sockline::loadgen::BenchOptions {
             addr: self.addr.clone(),
+            also: self.also.clone(),
             scenario: self.scenario,
             conns: usize::try_from(self.conns).unwrap_or(usize::MAX),
             pipeline: usize::try_from(self.pipeline).unwrap_or(usize::MAX),
@@ -267,7 +276,8 @@ impl BenchArgs {
             senders: self.senders,
             rate: self.rate,
             stagger: self.stagger,
-            server_pid: self.server_pid,
+            server_pid: self.server_pid.first().copied(),
+            also_pids: self.server_pid.iter().skip(1).copied().collect(),
             timeout: self.timeout,
             progress: true,
         }

@@ -101,6 +101,46 @@ fn broadcast_server(stream: TcpStream, id: usize) {
     ROOM.lock().unwrap().retain(|(other, _)| *other != id);
 }
 
+/// The room of [`swapping_server`], apart from [`ROOM`] so the tests can
+/// run at once.
+static SWAP_ROOM: Mutex<Vec<(usize, TcpStream)>> = Mutex::new(Vec::new());
+/// The connection that gets two lines swapped, and the line held back.
+const SWAPPED: usize = 2;
+static HELD: Mutex<(bool, Option<String>)> = Mutex::new((false, None));
+
+/// Like [`broadcast_server`], but connection [`SWAPPED`] gets the first two
+/// lines it is sent in the wrong order: one order violation.
+fn swapping_server(stream: TcpStream, id: usize) {
+    SWAP_ROOM
+        .lock()
+        .unwrap()
+        .push((id, stream.try_clone().unwrap()));
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let message = format!("u{id}: {line}\n");
+        let mut room = SWAP_ROOM.lock().unwrap();
+        for (other, out) in room.iter_mut().filter(|(other, _)| *other != id) {
+            if *other == SWAPPED {
+                let mut held = HELD.lock().unwrap();
+                match &mut *held {
+                    (false, slot @ None) => *slot = Some(message.clone()),
+                    (false, slot @ Some(_)) => {
+                        let first = slot.take().unwrap();
+                        let _ = out.write_all(format!("{message}{first}").as_bytes());
+                        held.0 = true;
+                    }
+                    (true, _) => {
+                        let _ = out.write_all(message.as_bytes());
+                    }
+                }
+                continue;
+            }
+            let _ = out.write_all(message.as_bytes());
+        }
+    }
+    SWAP_ROOM.lock().unwrap().retain(|(other, _)| *other != id);
+}
+
 fn assert_ordered_latency(r: &Report) {
     let (p50, p99, max) = (r.p50_us.unwrap(), r.p99_us.unwrap(), r.max_us.unwrap());
     // Nothing crosses a socket and back within a microsecond.
@@ -239,6 +279,75 @@ fn fanout_delivers_every_line_to_every_other_member() {
     assert_ordered_latency(&r);
 }
 
+#[test]
+fn fanout_counts_lines_a_receiver_got_out_of_order() {
+    let addr = tiny_server(swapping_server);
+    let r = bench(BenchOptions {
+        scenario: Scenario::Fanout,
+        conns: 6,
+        senders: 2,
+        rate: 50.0,
+        duration: Duration::from_secs(1),
+        ..options(addr)
+    });
+    assert_eq!(r.opened, 6);
+    assert_eq!(r.delivered, r.expected);
+    assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
+    assert_eq!(r.order_violations, Some(1));
+}
+
+/// Two real chat nodes on one real Redis.
+fn two_nodes(redis: &common::RedisServer) -> [common::Binary; 2] {
+    ["a", "b"].map(|node| {
+        common::serve_binary(&[
+            "--mode",
+            "chat",
+            "-q",
+            "--redis",
+            &redis.url(),
+            "--node",
+            node,
+        ])
+    })
+}
+
+#[test]
+fn fanout_spreads_members_over_the_nodes_of_a_cluster() {
+    let redis = common::RedisServer::start();
+    let [a, b] = two_nodes(&redis);
+    let r = bench(BenchOptions {
+        scenario: Scenario::Fanout,
+        also: vec![b.addr.to_string()],
+        conns: 10,
+        senders: 4,
+        rate: 50.0,
+        duration: Duration::from_secs(1),
+        server_pid: Some(a.child.id()),
+        also_pids: vec![b.child.id(), redis.child.id()],
+        ..options(a.addr)
+    });
+    assert_eq!(r.addr, format!("{},{}", a.addr, b.addr));
+    assert_eq!(r.opened, 10);
+    assert_eq!(r.sent, Some(200));
+    // Only members on both nodes hearing each other get every line.
+    assert_eq!(r.delivered, r.expected);
+    assert_eq!(r.order_violations, Some(0));
+    assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
+    assert!(r.server_cpu_us_per_op.unwrap().is_finite());
+    assert_eq!(r.server_cpu_us_each.map(|each| each.len()), Some(3));
+    assert!(r.server_rss_base_kib.unwrap() > 0);
+}
+
+#[test]
+fn several_addresses_are_for_fanout_only() {
+    let opts = BenchOptions {
+        also: vec!["127.0.0.1:1".into()],
+        ..options("127.0.0.1:2".parse().unwrap())
+    };
+    let e = loadgen::run(&opts).unwrap_err();
+    assert!(e.to_string().contains("fanout only"), "{e}");
+}
+
 /// Runs the real binary's `bench` with `args`; returns its stdout.
 fn run_cli(args: Vec<String>) -> String {
     within(120, move || {
@@ -339,6 +448,41 @@ fn cli_sweep_draws_a_plot() {
     // The table has a header and one row per connection count.
     let table = run_cli(base.to_vec());
     assert_eq!(table.lines().count(), 3, "{table}");
+}
+
+#[test]
+fn cli_fanout_takes_a_list_of_addresses_and_several_pids() {
+    let redis = common::RedisServer::start();
+    let [a, b] = two_nodes(&redis);
+    let pids = [a.child.id(), b.child.id(), redis.child.id()].map(|p| p.to_string());
+    let list = format!("{},{}", a.addr, b.addr);
+    let mut args = strings(&[
+        &list,
+        "--scenario",
+        "fanout",
+        "--conns",
+        "6",
+        "--senders",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--timeout",
+        "5",
+    ]);
+    for pid in &pids {
+        args.extend(strings(&["--server-pid", pid]));
+    }
+    let table = run_cli(args.clone());
+    for label in ["order violations", "server CPU"] {
+        assert!(table.contains(label), "no {label} in:\n{table}");
+    }
+    args.push("--json".into());
+    let raw: serde_json::Value = serde_json::from_str(&run_cli(args)).unwrap();
+    assert_eq!(raw["order_violations"], 0);
+    assert_eq!(raw["delivered"], raw["expected"]);
+    assert_eq!(raw["addr"], list.as_str());
 }
 
 #[test]

@@ -6,6 +6,15 @@
 //! Every member reads everything, counts the stamped lines from the others
 //! (whatever prefix the server puts before them, e.g. `NAME: `) and records
 //! their delivery latency; other lines (greetings, join notices) are ignored.
+//!
+//! With several server addresses (the nodes of a cluster), member `i`
+//! connects to address `i % n`, so senders and receivers are spread evenly.
+//!
+//! Every receiver also records which stamped lines it got, in order, as
+//! (sender, seq). At the end these sequences are checked against each
+//! other: in one room every member must see the lines it shares with any
+//! other member in the same relative order; each line a receiver got out of
+//! that order is an order violation.
 
 use super::net::open_all;
 use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
@@ -35,6 +44,11 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let mut opened = open_all(ctx, opts.conns).await?;
     let members = opened.count;
     let senders = opts.senders.min(opened.streams.len());
+    let per_sender = (opts.rate * opts.duration.as_secs_f64()).round() as u64;
+    let ids = Ids {
+        senders: senders as u64,
+        per_sender,
+    };
 
     // Deliveries are counted in `stats.done`, lines sent in `stats.sent`.
     let (stop, stopped) = watch::channel(false);
@@ -42,15 +56,23 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let mut writers = Vec::new();
     for (me, stream) in std::mem::take(&mut opened.streams).into_iter().enumerate() {
         let (rd, wr) = stream.into_split();
-        readers.spawn(receive(me, rd, epoch, ctx.stats.clone(), stopped.clone()));
+        let reader = Reader {
+            me,
+            epoch,
+            ids,
+            stats: ctx.stats.clone(),
+            stop: stopped.clone(),
+        };
+        readers.spawn(receive(reader, rd));
         // A dropped write half would shut the connection down: keep all.
         writers.push(wr);
     }
     tokio::time::sleep(SETTLE).await;
 
     let cpu_before = ctx.cpu_us();
+    let each_before = ctx.cpu_us_each();
     let start = Instant::now();
-    let monitor = Monitor::start(&ctx.progress, ctx.server, {
+    let monitor = Monitor::start(&ctx.progress, ctx.server.clone(), {
         let stats = ctx.stats.clone();
         move || {
             format!(
@@ -61,7 +83,6 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
             )
         }
     });
-    let per_sender = (opts.rate * opts.duration.as_secs_f64()).round() as u64;
     let mut sending = JoinSet::new();
     for (me, wr) in writers.drain(..senders).enumerate() {
         // Senders tick together, as people answering the same message do;
@@ -91,14 +112,21 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     }
     let elapsed = start.elapsed();
     let cpu_after = ctx.cpu_us();
+    let each_after = ctx.cpu_us_each();
     let rss_now = ctx.rss_kib();
     let rss_peak = monitor.stop().await.max(rss_now);
     let _ = stop.send(true);
     let mut alive = Vec::new();
+    let mut received = Vec::new();
     while let Some(joined) = readers.join_next().await {
-        alive.extend(joined.ok().flatten());
+        if let Ok(Received { seen, rd }) = joined {
+            received.push(seen);
+            alive.extend(rd);
+        }
     }
     drop((alive, writers));
+    let order_violations = order_violations(&received, ids.total());
+    drop(received);
 
     let delivered = Stats::count(&ctx.stats.done);
     let mut report = ctx.report();
@@ -109,9 +137,17 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     report.sent = Some(sent);
     report.expected = Some(expected);
     report.delivered = Some(delivered);
+    report.order_violations = Some(order_violations);
     report.throughput = Some(delivered as f64 / elapsed.as_secs_f64().max(1e-9));
     Percentiles::fill(&ctx.stats.latency(), &mut report);
     report.server_cpu_us_per_op = per_op(cpu_before, cpu_after, delivered);
+    report.server_cpu_us_each = each_before.zip(each_after).map(|(before, after)| {
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .collect()
+    });
     report.server_rss_base_kib = rss_base;
     report.server_rss_per_conn_kib = per_conn(rss_base, rss_peak, members);
     Ok(report)
@@ -145,26 +181,72 @@ async fn send(mut wr: OwnedWriteHalf, plan: Plan, stats: Arc<Stats>) -> Option<O
     Some(wr)
 }
 
-/// Reads member `me`'s connection until told to stop, counting the stamped
-/// lines of other members.
-async fn receive(
+/// Numbers every stamped line this run sends: `sender * per_sender + seq`.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    senders: u64,
+    per_sender: u64,
+}
+
+impl Ids {
+    /// How many lines are numbered, or 0 when they do not fit a `u32` (then
+    /// the order is not checked).
+    fn total(self) -> usize {
+        let total = self.senders.saturating_mul(self.per_sender);
+        match u32::try_from(total) {
+            Ok(total) if total < u32::MAX => total as usize,
+            _ => 0,
+        }
+    }
+
+    /// The number of sender `from`'s line `seq`, if it is one of this run's.
+    fn id(self, from: usize, seq: u64) -> Option<u32> {
+        let from = from as u64;
+        if from >= self.senders || seq >= self.per_sender || self.total() == 0 {
+            return None;
+        }
+        u32::try_from(from * self.per_sender + seq).ok()
+    }
+}
+
+/// What one receiving member needs.
+struct Reader {
     me: usize,
-    mut rd: OwnedReadHalf,
     epoch: Instant,
+    ids: Ids,
     stats: Arc<Stats>,
-    mut stop: watch::Receiver<bool>,
-) -> Option<OwnedReadHalf> {
+    stop: watch::Receiver<bool>,
+}
+
+/// What one receiving member got: the stamped lines of others, in the
+/// order they came, and its read half if the connection is still open.
+struct Received {
+    seen: Vec<u32>,
+    rd: Option<OwnedReadHalf>,
+}
+
+/// Reads member `me`'s connection until told to stop, counting the stamped
+/// lines of other members and recording their order.
+async fn receive(reader: Reader, mut rd: OwnedReadHalf) -> Received {
+    let Reader {
+        me,
+        epoch,
+        ids,
+        stats,
+        mut stop,
+    } = reader;
+    let mut seen = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
         tokio::select! {
-            _ = stop.changed() => return Some(rd),
+            _ = stop.changed() => return Received { seen, rd: Some(rd) },
             result = rd.read_buf(&mut buf) => match result {
                 Ok(0) => {
                     stats.error(|| format!("member {me}: connection closed by the server"));
-                    return None;
+                    return Received { seen, rd: None };
                 }
                 Ok(_) => {
                     let now = nanos(epoch.elapsed());
@@ -174,9 +256,10 @@ async fn receive(
                         let line = &buf[consumed..consumed + end];
                         consumed += end + 1;
                         match stamp(line) {
-                            Some((from, _seq, sent)) if from != me => {
+                            Some((from, seq, sent)) if from != me => {
                                 delivered += 1;
                                 record(&mut latency, now.saturating_sub(sent));
+                                seen.extend(ids.id(from, seq));
                             }
                             Some(_) => {} // Our own line, if the server echoes it.
                             None if is_err(line) => {
@@ -190,16 +273,86 @@ async fn receive(
                     buf.drain(..consumed);
                     if buf.len() > MAX_LINE {
                         stats.error(|| format!("member {me}: line longer than {MAX_LINE} bytes"));
-                        return None;
+                        return Received { seen, rd: None };
                     }
                 }
                 Err(e) => {
                     stats.error(|| format!("member {me}: receive failed: {}", describe(&e)));
-                    return None;
+                    return Received { seen, rd: None };
                 }
             },
         }
     }
+}
+
+/// How many lines receivers got out of the one order of the room.
+///
+/// Three receivers are references: any two lines are both missing from at
+/// most two receivers (their senders), so some reference has both whenever
+/// two receivers do. Each receiver is walked against each reference: a line
+/// the reference has that comes before the latest such line already seen is
+/// out of order. A receiver counts the most it has against any one
+/// reference; the result is the sum over receivers: 0 exactly when every
+/// receiver saw every pair of lines it shares with another in the same
+/// order (given the references got those lines). So that one receiver that
+/// got lines out of order counts once rather than making everyone else
+/// wrong, the references are the three of the five longest receivers that
+/// the others disagree with least. `total` bounds the line numbers.
+fn order_violations(seen: &[Vec<u32>], total: usize) -> u64 {
+    if total == 0 || seen.len() < 2 {
+        return 0;
+    }
+    let mut position = vec![u32::MAX; total];
+    let mut by_length: Vec<usize> = (0..seen.len()).collect();
+    by_length.sort_by_key(|&i| std::cmp::Reverse(seen[i].len()));
+    let mut candidates: Vec<(u64, Vec<u64>)> = by_length
+        .iter()
+        .take(5)
+        .map(|&r| {
+            let each = against(seen, r, &mut position);
+            (each.iter().sum(), each)
+        })
+        .collect();
+    candidates.sort_by_key(|(sum, _)| *sum);
+    let mut worst = vec![0u64; seen.len()];
+    for (_, each) in candidates.iter().take(3) {
+        for (w, &v) in worst.iter_mut().zip(each) {
+            *w = (*w).max(v);
+        }
+    }
+    worst.iter().sum()
+}
+
+/// Each receiver's lines out of reference `r`'s order (0 for `r` itself).
+/// `position` is scratch space, one slot per line number.
+fn against(seen: &[Vec<u32>], r: usize, position: &mut [u32]) -> Vec<u64> {
+    position.fill(u32::MAX);
+    for (at, &id) in seen[r].iter().enumerate() {
+        let slot = &mut position[id as usize];
+        if *slot == u32::MAX {
+            *slot = u32::try_from(at).unwrap_or(u32::MAX - 1);
+        }
+    }
+    seen.iter()
+        .enumerate()
+        .map(|(x, lines)| {
+            if x == r {
+                return 0;
+            }
+            let (mut latest, mut violations) = (None, 0);
+            for &id in lines {
+                let at = position[id as usize];
+                if at == u32::MAX {
+                    continue;
+                }
+                match latest {
+                    Some(latest) if at < latest => violations += 1,
+                    _ => latest = Some(at),
+                }
+            }
+            violations
+        })
+        .collect()
 }
 
 /// Sender, sequence number and send time of a stamped line, wherever the
@@ -220,7 +373,41 @@ fn stamp(line: &[u8]) -> Option<(usize, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::stamp;
+    use super::{order_violations, stamp};
+
+    #[test]
+    fn one_order_has_no_violations() {
+        // Three senders 0, 1, 2 (one line each: ids 0, 1, 2) and two
+        // listeners; each sender misses its own line.
+        let seen = [
+            vec![1, 2],
+            vec![0, 2],
+            vec![0, 1],
+            vec![0, 1, 2],
+            vec![0, 1, 2],
+        ];
+        assert_eq!(order_violations(&seen, 3), 0);
+    }
+
+    #[test]
+    fn a_swapped_pair_is_a_violation() {
+        let seen = [
+            vec![0, 1, 2, 3],
+            vec![0, 1, 2, 3],
+            vec![0, 2, 1, 3],
+            vec![0, 1, 2, 3],
+        ];
+        assert_eq!(order_violations(&seen, 4), 1);
+        // Disagreeing only on a line a listener shares with the others.
+        let seen = [vec![1, 2], vec![2, 0], vec![0, 1], vec![0, 1, 2]];
+        assert!(order_violations(&seen, 3) > 0);
+    }
+
+    #[test]
+    fn missing_lines_are_not_violations() {
+        let seen = [vec![0, 1, 2, 3], vec![0, 3], vec![2], vec![]];
+        assert_eq!(order_violations(&seen, 4), 0);
+    }
 
     #[test]
     fn parses_stamps_after_any_prefix() {

@@ -66,8 +66,12 @@ pub enum Scenario {
 /// defaults.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Server address, `HOST:PORT`.
+    /// Server address, `HOST:PORT`. It may be a comma-separated list for
+    /// fanout, like `also`.
     pub addr: String,
+    /// fanout: more server addresses; members are spread over `addr` and
+    /// these round-robin (member `i` on address `i % n`).
+    pub also: Vec<String>,
     /// What kind of load.
     pub scenario: Scenario,
     /// Connections (rr, idle) or room members (fanout).
@@ -93,6 +97,9 @@ pub struct BenchOptions {
     pub stagger: bool,
     /// Process id of the server, to sample its CPU time and memory.
     pub server_pid: Option<u32>,
+    /// More processes whose CPU time and memory add to the server's (the
+    /// other nodes of a cluster, Redis).
+    pub also_pids: Vec<u32>,
     /// How long to wait for a connect, or for a reply while one is owed,
     /// before counting an error.
     pub timeout: Duration,
@@ -104,6 +111,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             addr: "127.0.0.1:5000".into(),
+            also: Vec::new(),
             scenario: Scenario::Rr,
             conns: 50,
             pipeline: 1,
@@ -116,6 +124,7 @@ impl Default for BenchOptions {
             rate: 10.0,
             stagger: false,
             server_pid: None,
+            also_pids: Vec::new(),
             timeout: Duration::from_secs(10),
             progress: false,
         }
@@ -129,7 +138,7 @@ impl Default for BenchOptions {
 /// | field | scenarios | meaning |
 /// | --- | --- | --- |
 /// | `scenario` | all | `"rr"`, `"idle"` or `"fanout"` |
-/// | `addr` | all | the server address connected to |
+/// | `addr` | all | the server address connected to; fanout over several: all of them, comma-separated |
 /// | `conns` | all | connections asked for |
 /// | `opened` | all | connections established |
 /// | `elapsed_s` | all | seconds of the measured phase (rr: first request to last reply; idle: all lines sent and answered; fanout: first send to last delivery or the end of the grace period) |
@@ -146,7 +155,9 @@ impl Default for BenchOptions {
 /// | `senders`, `rate` | fanout | sending members and lines/s each |
 /// | `expected` | fanout | `sent × (opened − 1)` |
 /// | `delivered` | fanout | stamped lines received from other members |
-/// | `server_cpu_us_per_op` | with a server pid | server CPU µs per reply (rr), per connection (idle) or per delivery (fanout) |
+/// | `order_violations` | fanout | stamped lines a receiver got in another relative order than the other receivers did (0: every receiver saw the lines it shares with any other in the same order) |
+/// | `server_cpu_us_per_op` | with a server pid | server CPU µs per reply (rr), per connection (idle) or per delivery (fanout); with several pids, their sum |
+/// | `server_cpu_us_each` | fanout, with several server pids (only then present) | CPU µs each process spent in the measured phase, in `--server-pid` order |
 /// | `server_rss_base_kib` | with a server pid | server RSS before connecting, KiB |
 /// | `server_rss_per_conn_kib` | with a server pid | (RSS under load − base) / opened: rr and fanout peak while loaded; idle while all are held idle |
 /// | `server_rss_per_conn_answered_kib` | idle, with a server pid | (RSS after every connection answered once − base) / opened |
@@ -196,8 +207,15 @@ pub struct Report {
     pub expected: Option<u64>,
     /// fanout: deliveries received.
     pub delivered: Option<u64>,
+    /// fanout: lines received out of the order the other receivers saw.
+    #[serde(default)]
+    pub order_violations: Option<u64>,
     /// Server CPU µs per reply, connection or delivery.
     pub server_cpu_us_per_op: Option<f64>,
+    /// fanout with several server pids: CPU µs each spent in the measured
+    /// phase, in the order given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_each: Option<Vec<u64>>,
     /// Server RSS before connecting, KiB.
     pub server_rss_base_kib: Option<u64>,
     /// Server RSS per connection under load (idle: while held), KiB.
@@ -213,17 +231,29 @@ pub struct Report {
 /// goes wrong on some connections is counted in [`Report::errors`].
 pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     validate(opts)?;
-    let target = resolve(&opts.addr)?;
+    let targets = addresses(opts)?
+        .iter()
+        .map(|addr| resolve(addr))
+        .collect::<io::Result<Vec<_>>>()?;
     // Thousands of connections need thousands of descriptors; a failure only
     // shows later as connect errors, which are reported.
     let _ = crate::server::raise_fd_limit();
-    let server = opts.server_pid.map(proc::ServerProc::open).transpose()?;
+    let pids: Vec<u32> = opts
+        .server_pid
+        .into_iter()
+        .chain(opts.also_pids.iter().copied())
+        .collect();
+    let server = match pids.is_empty() {
+        true => None,
+        false => Some(proc::ServerProc::open(&pids)?),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let ctx = Ctx {
         opts,
-        target,
+        target: targets[0],
+        targets,
         server,
         progress: Progress::new(opts.progress),
         stats: Arc::new(Stats::new()?),
@@ -286,7 +316,11 @@ pub fn command(
 /// What every scenario needs while it runs.
 struct Ctx<'a> {
     opts: &'a BenchOptions,
+    /// The first address.
     target: SocketAddr,
+    /// Every address, the first included; connection `i` goes to
+    /// `targets[i % targets.len()]`.
+    targets: Vec<SocketAddr>,
     server: Option<proc::ServerProc>,
     progress: Progress,
     stats: Arc<Stats>,
@@ -298,7 +332,12 @@ impl Ctx<'_> {
         let (errors, first_error) = self.stats.errors();
         Report {
             scenario: self.opts.scenario,
-            addr: self.target.to_string(),
+            addr: self
+                .targets
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             conns: self.opts.conns,
             errors,
             first_error,
@@ -307,11 +346,15 @@ impl Ctx<'_> {
     }
 
     fn cpu_us(&self) -> Option<u64> {
-        self.server.and_then(|s| s.cpu_us())
+        self.server.as_ref().and_then(|s| s.cpu_us())
+    }
+
+    fn cpu_us_each(&self) -> Option<Vec<u64>> {
+        self.server.as_ref().and_then(|s| s.cpu_us_each())
     }
 
     fn rss_kib(&self) -> Option<u64> {
-        self.server.and_then(|s| s.rss_kib())
+        self.server.as_ref().and_then(|s| s.rss_kib())
     }
 }
 
@@ -349,6 +392,27 @@ fn validate(opts: &BenchOptions) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every server address: the comma-separated `addr`, then `also`. More than
+/// one only for fanout.
+fn addresses(opts: &BenchOptions) -> io::Result<Vec<String>> {
+    let all: Vec<String> = opts
+        .addr
+        .split(',')
+        .chain(opts.also.iter().map(String::as_str))
+        .map(str::trim)
+        .map(String::from)
+        .collect();
+    if all.iter().any(String::is_empty) {
+        return Err(invalid(format!("empty address in {:?}", opts.addr)));
+    }
+    if all.len() > 1 && opts.scenario != Scenario::Fanout {
+        return Err(invalid(
+            "several addresses (--also, or a comma-separated list) work with --scenario fanout only",
+        ));
+    }
+    Ok(all)
 }
 
 /// Resolves `HOST:PORT`, preferring IPv4 as servers here listen on it.

@@ -43,12 +43,14 @@ impl Opened {
     }
 }
 
-/// Opens `n` connections to the target. Failed connects are counted as
-/// errors; only a run where none succeeds is an error.
+/// Opens `n` connections, connection `i` to `ctx.targets[i % len]` (one
+/// target: all to it), and hands them out in that order. Failed connects are
+/// counted as errors; only a run where none succeeds is an error.
 pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
-    let target = ctx.target;
+    let targets = ctx.targets.clone();
     let timeout = ctx.opts.timeout;
-    let sources = loopback_sources(target).map(Arc::new);
+    // Every target is loopback or none is, in practice; the first decides.
+    let sources = loopback_sources(ctx.target).map(Arc::new);
     let stats = ctx.stats.clone();
     let monitor = Monitor::start(&ctx.progress, None, {
         let stats = stats.clone();
@@ -57,43 +59,49 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
 
     let start = Instant::now();
     let mut connect = histogram()?;
-    let mut streams = Vec::with_capacity(n);
+    let mut slots: Vec<Option<TcpStream>> = Vec::with_capacity(n);
+    slots.resize_with(n, || None);
     let mut set = JoinSet::new();
-    let (mut launched, mut failed) = (0, 0);
-    let mut first_failure: Option<io::Error> = None;
+    let (mut launched, mut failed, mut count) = (0, 0, 0);
+    let mut first_failure: Option<(SocketAddr, io::Error)> = None;
     while launched < n || !set.is_empty() {
         // Stop early when nothing ever connects: the server is not there.
-        let hopeless = streams.is_empty() && failed >= MAX_CONNECTING.min(n);
+        let hopeless = count == 0 && failed >= MAX_CONNECTING.min(n);
         while launched < n && set.len() < MAX_CONNECTING && !hopeless {
             let sources = sources.clone();
+            let index = launched;
+            let target = targets[index % targets.len()];
             set.spawn(async move {
                 let began = Instant::now();
                 let result = connect_one(target, sources.as_deref(), timeout).await;
-                (result, began.elapsed())
+                (index, target, result, began.elapsed())
             });
             launched += 1;
         }
         let Some(joined) = set.join_next().await else {
             break;
         };
-        let (result, took) = joined.map_err(io::Error::other)?;
+        let (index, target, result, took) = joined.map_err(io::Error::other)?;
         match result {
             Ok(stream) => {
                 record(&mut connect, nanos(took));
-                streams.push(stream);
+                slots[index] = Some(stream);
+                count += 1;
                 Stats::add(&stats.opened, 1);
             }
             Err(e) => {
                 failed += 1;
                 stats.error(|| format!("cannot connect to {target}: {}", describe(&e)));
-                first_failure.get_or_insert(e);
+                first_failure.get_or_insert((target, e));
             }
         }
     }
     let total = start.elapsed();
     monitor.stop().await;
+    let streams: Vec<TcpStream> = slots.into_iter().flatten().collect();
     if streams.is_empty() {
-        let e = first_failure.unwrap_or_else(|| io::Error::other("no connection"));
+        let (target, e) =
+            first_failure.unwrap_or_else(|| (ctx.target, io::Error::other("no connection")));
         return Err(io::Error::new(
             e.kind(),
             format!("cannot connect to {target}: {}", describe(&e)),

@@ -65,6 +65,7 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
     count("answered", r.answered, &mut rows);
     count("expected", r.expected, &mut rows);
     count("delivered", r.delivered, &mut rows);
+    count("order violations", r.order_violations, &mut rows);
     if let Some(t) = r.throughput {
         rows.push(("throughput", format!("{t:.0} {unit}")));
     }
@@ -90,6 +91,11 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
             Scenario::Fanout => "delivery",
         };
         rows.push(("server CPU", format!("{cpu:.2} µs per {per}")));
+    }
+    if let Some(each) = &r.server_cpu_us_each {
+        let each: Vec<String> = each.iter().map(|us| format!("{us} µs")).collect();
+        let each = each.join(", ");
+        rows.push(("server CPU each", format!("{each} (in --server-pid order)")));
     }
     if let Some(base) = r.server_rss_base_kib {
         rows.push(("server RSS before", format!("{base} KiB")));

@@ -43,7 +43,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
 
     let cpu_before = ctx.cpu_us();
     let start = Instant::now();
-    let monitor = Monitor::start(&ctx.progress, ctx.server, {
+    let monitor = Monitor::start(&ctx.progress, ctx.server.clone(), {
         let stats = ctx.stats.clone();
         move || {
             let done = Stats::count(&stats.done);

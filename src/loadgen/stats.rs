@@ -203,7 +203,7 @@ impl Monitor {
             let mut tick = tokio::time::interval(MONITOR_EVERY);
             loop {
                 tick.tick().await;
-                if let Some(rss) = server.and_then(|s| s.rss_kib()) {
+                if let Some(rss) = server.as_ref().and_then(|s| s.rss_kib()) {
                     peak.fetch_max(rss, Relaxed);
                 }
                 progress.set(message());
