@@ -83,15 +83,15 @@ impl Member {
 }
 
 fn node(redis: &RedisServer, name: &str) -> common::Binary {
-    serve_binary(&[
-        "--mode",
-        "chat",
-        "-q",
-        "--redis",
-        &redis.url(),
-        "--node",
-        name,
-    ])
+    node_with(redis, name, &[])
+}
+
+/// A chat node on `redis` named `name`, with `extra` flags.
+fn node_with(redis: &RedisServer, name: &str, extra: &[&str]) -> common::Binary {
+    let url = redis.url();
+    let mut args = vec!["--mode", "chat", "-q", "--redis", &url, "--node", name];
+    args.extend_from_slice(extra);
+    serve_binary(&args)
 }
 
 #[test]
@@ -355,19 +355,7 @@ fn redis_restarted_empty_tells_members_their_history_was_lost() {
 #[test]
 fn history_lives_in_redis_for_every_node_and_every_restart() {
     let redis = RedisServer::start();
-    let with_history = |name: &str| {
-        serve_binary(&[
-            "--mode",
-            "chat",
-            "-q",
-            "--redis",
-            &redis.url(),
-            "--node",
-            name,
-            "--history",
-            "3",
-        ])
-    };
+    let with_history = |name: &str| node_with(&redis, name, &["--history", "3"]);
     let a = with_history("a");
     let mut alice = Member::join(a.addr, "alice");
     alice.say("/join dev");
