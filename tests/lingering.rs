@@ -31,14 +31,6 @@ fn read_to_end(stream: &mut TcpStream) -> (Vec<u8>, io::Result<()>) {
     }
 }
 
-/// One value of the Prometheus text.
-fn value(text: &str, sample: &str) -> u64 {
-    let line = (text.lines())
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"));
-    line[sample.len() + 1..].parse().unwrap()
-}
-
 /// Polls `config`'s metrics until `ready` holds (10 s at most).
 fn metrics_until(config: &Config, mut ready: impl FnMut(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -149,14 +141,26 @@ fn a_lingering_connection_is_not_open_is_in_the_metrics_and_is_bounded() {
     let text = metrics_until(&config, |t| {
         t.contains("sockline_connections_lingering 1\n")
     });
-    assert_eq!(value(&text, "sockline_connections_lingering"), 1, "{text}");
-    assert_eq!(value(&text, "sockline_connections_open"), 0, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_connections_lingering"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_connections_open"),
+        0,
+        "{text}"
+    );
     // Its EOF ends the lingering.
     drop(client);
     let done = "sockline_lingering_closes_total{end=\"closed_by_client\"} 1\n";
     let text = metrics_until(&config, |t| t.contains(done));
     assert!(text.contains(done), "{text}");
-    assert_eq!(value(&text, "sockline_connections_lingering"), 0, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_connections_lingering"),
+        0,
+        "{text}"
+    );
 
     // A client that floods after its BYE is read only so fast (TCP
     // backpressure stops it), and dropped after 5 s without a byte.
@@ -203,7 +207,11 @@ fn a_lingering_connection_is_not_open_is_in_the_metrics_and_is_bounded() {
     let quiet = "sockline_lingering_closes_total{end=\"idle_timeout\"} 1\n";
     let text = metrics_until(&config, |t| t.contains(quiet));
     assert!(text.contains(quiet), "{text}");
-    assert_eq!(value(&text, "sockline_connections_lingering"), 0, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_connections_lingering"),
+        0,
+        "{text}"
+    );
     drop(client);
 }
 
@@ -292,7 +300,7 @@ fn shutdown_delivers_every_reply_to_a_slow_reader_then_a_clean_end() {
     let mut server = server;
     server.thread.take().unwrap().join().unwrap().unwrap();
     let text = config.metrics.render();
-    let lines = value(&text, "sockline_lines_in_total");
+    let lines = common::metric(&text, "sockline_lines_in_total");
     let bytes = replies.load(Ordering::SeqCst);
     assert!(lines > 1000, "the test ran no load: {lines} lines");
     assert_eq!(bytes % REPLY.len() as u64, 0, "a reply was cut");
@@ -302,7 +310,11 @@ fn shutdown_delivers_every_reply_to_a_slow_reader_then_a_clean_end() {
         "replies vs lines read; ended {end:?}"
     );
     end.expect("a clean end of stream, not a reset");
-    assert_eq!(value(&text, "sockline_drain_cut_total"), 0, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_drain_cut_total"),
+        0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -320,13 +332,25 @@ fn the_drain_timeout_logs_and_counts_what_it_cuts() {
         .unwrap();
     let batch = b"x\n".repeat(8192);
     while writer.write(&batch).is_ok() {}
-    let text = metrics_until(&config, |t| value(t, "sockline_lines_in_total") > 1000);
-    assert!(value(&text, "sockline_lines_in_total") > 1000, "{text}");
+    let text = metrics_until(&config, |t| {
+        common::metric(t, "sockline_lines_in_total") > 1000
+    });
+    assert!(
+        common::metric(&text, "sockline_lines_in_total") > 1000,
+        "{text}"
+    );
     let mut server = server;
     server.shutdown.trigger();
     server.thread.take().unwrap().join().unwrap().unwrap();
     let text = config.metrics.render();
-    assert_eq!(value(&text, "sockline_drain_cut_total"), 1, "{text}");
-    assert!(value(&text, "sockline_drain_cut_bytes_total") > 0, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_drain_cut_total"),
+        1,
+        "{text}"
+    );
+    assert!(
+        common::metric(&text, "sockline_drain_cut_bytes_total") > 0,
+        "{text}"
+    );
     drop(client);
 }

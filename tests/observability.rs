@@ -5,27 +5,11 @@ mod common;
 use common::{connect, read_n, read_to_close, send, start};
 use sockline::mode::Ack;
 use sockline::{Config, metrics};
-use std::io::{Read, Write};
 use std::sync::Arc;
 
 const REPLY: &[u8] = b" MSG Received\n";
 
-fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut http = connect(addr);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-    http.write_all(request.as_bytes()).unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn value(text: &str, sample: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"));
-    line[sample.len() + 1..].parse().unwrap()
-}
+use common::scrape;
 
 /// Scrapes until `ready` holds (or 10 s pass: the assertions then fail).
 fn scrape_until(addr: std::net::SocketAddr, ready: impl Fn(&str) -> bool) -> String {
@@ -60,16 +44,17 @@ fn metrics_show_queued_bytes_and_rate_limiting() {
     let text = loop {
         let _ = std::io::Write::write(&mut deaf, &flood);
         let text = scrape(http_addr, "/metrics");
-        if value(&text, "sockline_queue_bytes") > 0 || std::time::Instant::now() > deadline {
+        if common::metric(&text, "sockline_queue_bytes") > 0 || std::time::Instant::now() > deadline
+        {
             break text;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(value(&text, "sockline_queue_bytes") > 0, "{text}");
+    assert!(common::metric(&text, "sockline_queue_bytes") > 0, "{text}");
     // Gone, its queue goes with it.
     drop(deaf);
     let text = scrape_until(http_addr, |text| text.contains("sockline_queue_bytes 0\n"));
-    assert_eq!(value(&text, "sockline_queue_bytes"), 0);
+    assert_eq!(common::metric(&text, "sockline_queue_bytes"), 0);
 
     // Past --max-lines-per-sec, the slowdowns are counted.
     let config = Config {
@@ -83,7 +68,10 @@ fn metrics_show_queued_bytes_and_rate_limiting() {
     let text = scrape_until(http_addr, |text| {
         !text.contains("sockline_rate_limited_total 0\n")
     });
-    assert!(value(&text, "sockline_rate_limited_total") > 0, "{text}");
+    assert!(
+        common::metric(&text, "sockline_rate_limited_total") > 0,
+        "{text}"
+    );
     assert_eq!(read_n(&mut fast, 60 * REPLY.len()), REPLY.repeat(60));
 }
 
@@ -126,23 +114,35 @@ fn metrics_count_connections_lines_bytes_and_reasons() {
             && text.contains("sockline_disconnects_total{reason=\"closed_by_protocol\"} 1")
     });
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-    assert_eq!(value(&text, "sockline_connections_open"), 2);
-    assert_eq!(value(&text, "sockline_connections_total"), 4);
-    assert_eq!(value(&text, "sockline_lines_in_total"), 4);
-    assert_eq!(value(&text, "sockline_bytes_in_total"), 8 + 20 + 4 + 2);
-    let out = 4 * REPLY.len() + b"ERR line too long (max 10 bytes)\n".len();
-    assert_eq!(value(&text, "sockline_bytes_out_total"), out as u64);
-    assert_eq!(value(&text, "sockline_refused_total{reason=\"full\"}"), 1);
-    assert_eq!(value(&text, "sockline_refused_total{reason=\"denied\"}"), 0);
+    assert_eq!(common::metric(&text, "sockline_connections_open"), 2);
+    assert_eq!(common::metric(&text, "sockline_connections_total"), 4);
+    assert_eq!(common::metric(&text, "sockline_lines_in_total"), 4);
     assert_eq!(
-        value(
+        common::metric(&text, "sockline_bytes_in_total"),
+        8 + 20 + 4 + 2
+    );
+    let out = 4 * REPLY.len() + b"ERR line too long (max 10 bytes)\n".len();
+    assert_eq!(
+        common::metric(&text, "sockline_bytes_out_total"),
+        out as u64
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"full\"}"),
+        1
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"denied\"}"),
+        0
+    );
+    assert_eq!(
+        common::metric(
             &text,
             "sockline_disconnects_total{reason=\"line_too_long\"}"
         ),
         1
     );
     assert_eq!(
-        value(
+        common::metric(
             &text,
             "sockline_disconnects_total{reason=\"closed_by_protocol\"}"
         ),

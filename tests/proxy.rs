@@ -101,30 +101,13 @@ fn read_line(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&line).into_owned()
 }
 
-fn scrape(addr: SocketAddr) -> String {
-    let mut http = connect(addr);
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    http.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn value(text: &str, sample: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"));
-    line[sample.len() + 1..].parse().unwrap()
-}
-
 /// Scrapes until `sample` has value `want` (or 10 s pass: then the
 /// assertion fails, showing the metrics).
 fn wait_for(addr: SocketAddr, sample: &str, want: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = scrape(addr);
-        if value(&text, sample) == want {
+        let text = common::scrape(addr, "/metrics");
+        if common::metric(&text, sample) == want {
             return text;
         }
         assert!(Instant::now() < deadline, "{sample} never {want}:\n{text}");
@@ -200,11 +183,21 @@ fn the_header_s_client_is_who_admission_the_protocol_and_the_metrics_see() {
     assert_eq!(read_to_close(&mut denied), b"ERR access denied\n");
 
     let text = wait_for(metrics_at, "sockline_connections_open", 3);
-    assert_eq!(value(&text, "sockline_connections_total"), 4, "{text}");
-    assert_eq!(value(&text, "sockline_refused_total{reason=\"per_ip\"}"), 1);
-    assert_eq!(value(&text, "sockline_refused_total{reason=\"denied\"}"), 1);
     assert_eq!(
-        value(&text, "sockline_refused_total{reason=\"proxy_header\"}"),
+        common::metric(&text, "sockline_connections_total"),
+        4,
+        "{text}"
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"per_ip\"}"),
+        1
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"denied\"}"),
+        1
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"proxy_header\"}"),
         0
     );
     // The ones admitted are served on.
@@ -271,7 +264,11 @@ fn a_connection_without_a_valid_header_is_refused_or_dropped() {
         "sockline_refused_total{reason=\"proxy_header\"}",
         6,
     );
-    assert_eq!(value(&text, "sockline_connections_total"), 2, "{text}");
+    assert_eq!(
+        common::metric(&text, "sockline_connections_total"),
+        2,
+        "{text}"
+    );
     // The two served are the only ones open: no slot was leaked.
     wait_for(metrics_at, "sockline_connections_open", 2);
 }
@@ -300,10 +297,13 @@ fn a_connection_waiting_for_its_header_holds_one_of_max_conns() {
         &[&v1(addr("10.0.0.3:3"), front)[..], b"hi\n"].concat(),
     );
     assert_eq!(read_n(&mut third, REPLY.len()), REPLY);
-    let text = scrape(metrics_at);
-    assert_eq!(value(&text, "sockline_refused_total{reason=\"full\"}"), 1);
+    let text = common::scrape(metrics_at, "/metrics");
     assert_eq!(
-        value(&text, "sockline_refused_total{reason=\"proxy_header\"}"),
+        common::metric(&text, "sockline_refused_total{reason=\"full\"}"),
+        1
+    );
+    assert_eq!(
+        common::metric(&text, "sockline_refused_total{reason=\"proxy_header\"}"),
         1
     );
 }

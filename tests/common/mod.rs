@@ -328,3 +328,22 @@ impl RedisServer {
             && &reply == b"+PONG\r\n"
     }
 }
+
+/// One sample's value in Prometheus text (`NAME{labels} VALUE`).
+pub fn metric(text: &str, sample: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{text}"));
+    line[sample.len() + 1..].parse().unwrap()
+}
+
+/// `GET path` from the metrics listener at `addr`: the whole response.
+pub fn scrape(addr: SocketAddr, path: &str) -> String {
+    let mut http = connect(addr);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    http.write_all(request.as_bytes()).unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    text
+}
