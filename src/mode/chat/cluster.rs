@@ -365,14 +365,14 @@ fn publisher(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |t| t.as_nanos());
     let length = history.max(REPAIR_WINDOW);
-    let mut connection = None;
+    let (mut connection, mut down) = (None, false);
     for (count, publish) in queue.iter().enumerate() {
         // Unique across restarts of a node of the same name.
         let id = format!("{node}:{started:x}:{count}");
         let deadline = std::time::Instant::now() + PUBLISH_PATIENCE;
         loop {
             if connection.is_none() {
-                connection = connect(url);
+                connection = connect(url, &mut down);
             }
             let sent: redis::RedisResult<u64> = match connection.as_mut() {
                 Some(con) => script
@@ -419,12 +419,22 @@ fn fresh_epoch() -> String {
     format!("{now:x}-{:x}", std::process::id())
 }
 
-fn connect(url: &str) -> Option<redis::Connection> {
+/// A connection to Redis; a failure is logged only when `down` is false
+/// (then set), so that retrying every 200 ms does not flood the log.
+fn connect(url: &str, down: &mut bool) -> Option<redis::Connection> {
     let client = redis::Client::open(url).ok()?;
     match client.get_connection_with_timeout(Duration::from_secs(2)) {
-        Ok(connection) => Some(connection),
+        Ok(connection) => {
+            *down = false;
+            Some(connection)
+        }
         Err(e) => {
-            tracing::warn!("Redis at {url}: {e}");
+            if !std::mem::replace(down, true) {
+                tracing::warn!(
+                    "Redis at {url}: {e}; retrying every {} ms",
+                    RETRY.as_millis()
+                );
+            }
             None
         }
     }
@@ -446,8 +456,11 @@ fn subscriber(
     let mut order = Order::default();
     let mut lost = false;
     let mut loaded = false;
+    let mut down = false;
     loop {
-        let (Some(mut connection), Some(mut commands)) = (connect(url), connect(url)) else {
+        let (Some(mut connection), Some(mut commands)) =
+            (connect(url, &mut down), connect(url, &mut down))
+        else {
             std::thread::sleep(RETRY);
             continue;
         };
