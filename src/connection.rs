@@ -348,6 +348,7 @@ impl<S> Connection<S> {
         let mut out = scratch.output(self.id, self.framing);
         let flow = proto.event(session, event, &mut out);
         self.send(scratch);
+        let waited = std::mem::replace(&mut self.inbox.waiting, flow == Flow::Wait);
         if flow == Flow::Close {
             let session = self.state.take_session(CloseReason::Protocol);
             self.inbox.clear();
@@ -356,7 +357,11 @@ impl<S> Connection<S> {
                 why: CloseReason::Protocol,
             };
         }
-        self.flush_only()
+        match self.flush_only() {
+            // It may answer and read again: the server drives it.
+            Status::Wait { .. } if waited && flow == Flow::Continue => Status::Yield,
+            status => status,
+        }
     }
 
     /// True before the protocol may talk: while the PROXY header is read
@@ -568,6 +573,10 @@ impl<S> Connection<S> {
                 Ok(true) => {}
                 Ok(false) => return Status::Wait { want_write: true },
                 Err(why) => return Status::Close(why),
+            }
+            if self.inbox.waiting {
+                // Until mail for it says go on (see `event`).
+                return Status::Wait { want_write: false };
             }
             if self.inbox.backlog {
                 if self.inbox.throttled {

@@ -24,6 +24,12 @@ pub enum Flow {
     Continue,
     /// Send what was written so far, then close the connection.
     Close,
+    /// Answer no more of this connection's lines until mail for it
+    /// ([`Protocol::event`]) returns [`Flow::Continue`]: the protocol
+    /// waits for an answer from outside the loop (a claim, a query) and
+    /// its next lines must come after it. They wait unread, in the
+    /// connection's buffer and then the socket (TCP backpressure).
+    Wait,
 }
 
 /// Names a connection within its event loop, for [`Output::send`] and
@@ -177,7 +183,9 @@ pub trait Protocol: Clone + Send + 'static {
     fn shutdown(&mut self, _session: &mut Self::Session, _out: &mut Output) {}
 
     /// Mail for one connection ([`Mailbox::post`]) arrived while it is
-    /// still open; answers go to `out` as replies to a line do.
+    /// still open; answers go to `out` as replies to a line do. Returns
+    /// [`Flow::Wait`] to go on waiting (or start to), [`Flow::Continue`] to
+    /// answer lines again.
     fn event(
         &mut self,
         _session: &mut Self::Session,

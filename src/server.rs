@@ -696,6 +696,10 @@ impl<P: Protocol> Worker<P> {
                         continue;
                     };
                     let status = entry.conn.event(&mut self.proto, &mut self.scratch, event);
+                    if status == Status::Yield {
+                        // It waited for this mail: its lines go on.
+                        self.ready.push((key, false));
+                    }
                     self.settle(key, status);
                 }
                 Mail::Loop(event) => {

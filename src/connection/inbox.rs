@@ -25,6 +25,9 @@ pub(super) struct Inbox {
     pub budget: u32,
     /// It ran out of budget with lines waiting: no reading until a refill.
     pub throttled: bool,
+    /// The protocol waits for mail ([`Flow::Wait`]): no answering and no
+    /// reading until it says go on.
+    pub waiting: bool,
 }
 
 /// How far answering got.
@@ -36,6 +39,8 @@ pub(super) enum Answered {
     OutputFull,
     /// Stopped early: the connection's line budget is spent.
     Throttled,
+    /// Stopped early: the protocol waits for mail ([`Flow::Wait`]).
+    Waiting,
     /// The connection must close after the replies written so far.
     Close(CloseReason),
 }
@@ -58,6 +63,7 @@ impl Inbox {
             progressed: false,
             budget,
             throttled: false,
+            waiting: false,
         }
     }
 
@@ -126,6 +132,10 @@ impl Inbox {
                 self.backlog = true;
                 self.throttled = true;
             }
+            Answered::Waiting => {
+                self.backlog = true;
+                self.waiting = true;
+            }
             Answered::Close(_) => self.clear(),
         }
         how
@@ -159,8 +169,10 @@ impl<P: Protocol> Answerer<'_, P> {
                 &mut scratch.output,
                 &mut scratch.post,
             );
-            if self.proto.line(self.session, line, &mut out) == Flow::Close {
-                return (pos, Answered::Close(CloseReason::Protocol));
+            match self.proto.line(self.session, line, &mut out) {
+                Flow::Continue => {}
+                Flow::Close => return (pos, Answered::Close(CloseReason::Protocol)),
+                Flow::Wait => return (pos, Answered::Waiting),
             }
         }
         // Stopped early; lines may be left.

@@ -343,3 +343,60 @@ fn without_a_valid_proxy_header_it_is_refused_or_closed() {
     );
     assert_eq!(conn.finish(), None);
 }
+
+/// Echoes lines; `ask` waits for mail, which is answered as `answer: MAIL`.
+#[derive(Clone)]
+struct Asker;
+
+impl Protocol for Asker {
+    type Session = ();
+    type Event = &'static str;
+
+    fn open(&mut self, _: std::net::SocketAddr, _: &mut Output) {}
+
+    fn line(&mut self, _: &mut (), line: &[u8], out: &mut Output) -> Flow {
+        out.line(line);
+        match line {
+            b"ask" => Flow::Wait,
+            _ => Flow::Continue,
+        }
+    }
+
+    fn event(&mut self, _: &mut (), mail: &'static str, out: &mut Output) -> Flow {
+        out.line(format!("answer: {mail}").as_bytes());
+        match mail {
+            "not yet" => Flow::Wait,
+            _ => Flow::Continue,
+        }
+    }
+}
+
+#[test]
+fn lines_after_a_wait_are_answered_only_after_the_mail_that_ends_it() {
+    let (mut conn, mut scratch) = open(&mut Asker, None, usize::MAX);
+    send(&mut conn, b"a\nask\nb\nc\n");
+    let status = drive(&mut conn, &mut Asker, &mut scratch);
+    assert_eq!(status, Status::Wait { want_write: false });
+    assert_eq!(received(&mut conn), b"a\nask\n");
+    // Readiness while waiting: nothing is answered, nothing more is read.
+    send(&mut conn, b"d\n");
+    drive(&mut conn, &mut Asker, &mut scratch);
+    assert_eq!(received(&mut conn), b"");
+    assert!(!conn.memory().input.is_empty(), "read while waiting");
+
+    // Mail that keeps it waiting, then mail that ends the wait: the server
+    // is told to drive it again (`Yield`), and the lines go on in order.
+    let status = conn.event(&mut Asker, &mut scratch, "not yet");
+    assert_eq!(status, Status::Wait { want_write: false });
+    let status = conn.event(&mut Asker, &mut scratch, "42");
+    assert_eq!(status, Status::Yield);
+    drive(&mut conn, &mut Asker, &mut scratch);
+    assert_eq!(
+        received(&mut conn),
+        b"answer: not yet\nanswer: 42\nb\nc\nd\n"
+    );
+    // Mail when not waiting changes nothing.
+    let status = conn.event(&mut Asker, &mut scratch, "late");
+    assert_eq!(status, Status::Wait { want_write: false });
+    assert_eq!(received(&mut conn), b"answer: late\n");
+}
