@@ -57,7 +57,7 @@ mod command;
 mod rooms;
 
 pub use cluster::{ClusterEvent, Delivery, RedisRooms, check_url};
-pub use rooms::{HISTORY_ROOMS, LocalRooms, MessageKind, Rooms};
+pub use rooms::{Ask, HISTORY_ROOMS, Leaving, LocalRooms, MessageKind, Rooms, Settled};
 
 use crate::{CloseReason, ConnId, Flow, Mailbox, Message, Output, Protocol};
 use command::{Input, parse, valid_name};
@@ -111,8 +111,12 @@ impl<R: Rooms> Chat<R> {
         }
     }
 
-    /// The next `user-N` nobody has taken with `/nick`.
+    /// A `user-N` name for a newcomer: from the rooms when they span
+    /// several instances, else the next one nobody here has.
     fn fresh_name(&mut self) -> String {
+        if let Some(name) = self.rooms.default_name() {
+            return name;
+        }
         loop {
             self.last_user += 1;
             let name = format!("user-{}", self.last_user);
@@ -125,48 +129,63 @@ impl<R: Rooms> Chat<R> {
     /// Puts member `id` into the room it names: tells the room, then
     /// replays the room's history to the member.
     fn enter(&mut self, id: ConnId, member: &Member, out: &mut Output) {
-        let joined = notice(format!("* {} joined", member.name));
-        self.rooms
-            .publish(&member.room, id, MessageKind::Notice, &joined, out);
-        for line in self.rooms.join(&member.room, id) {
+        for line in self.rooms.enter(&member.room, id, &member.name, out) {
             out.line(&line);
         }
     }
 
-    /// Takes member `id` out of its room and tells the room; `reason` is
-    /// empty for a plain leave.
-    fn exit(&mut self, id: ConnId, member: &Member, reason: &str, out: &mut Output) {
-        self.rooms.leave(&member.room, id);
-        let text = if reason.is_empty() {
-            format!("* {} left", member.name)
-        } else {
-            format!("* {} left ({reason})", member.name)
-        };
-        self.rooms
-            .publish(&member.room, id, MessageKind::Notice, &notice(text), out);
-    }
-
-    fn nick(&mut self, id: ConnId, name: &[u8], out: &mut Output) {
+    fn nick(&mut self, id: ConnId, name: &[u8], out: &mut Output) -> Flow {
         let Some(name) = valid_name(name) else {
             out.line(b"ERR invalid nick: use 1-32 of A-Z a-z 0-9 _ -");
-            return;
+            return Flow::Continue;
+        };
+        let Some(member) = self.members.get(&id) else {
+            return Flow::Continue;
         };
         let key = name.to_ascii_lowercase();
-        if self.nicks.get(&key).is_some_and(|&owner| owner != id) {
+        // `user-N` names are the server's to give: nobody takes one by
+        // `/nick`, so a default name is never already someone's.
+        let reserved = key.starts_with("user-") && key != member.name.to_ascii_lowercase();
+        if reserved || self.nicks.get(&key).is_some_and(|&owner| owner != id) {
             out.line(b"ERR nick taken");
-            return;
+            return Flow::Continue;
         }
+        let ask = Ask::Nick {
+            room: &member.room,
+            old: &member.name,
+            new: name,
+        };
+        if let Some(flow) = self.rooms.ask(id, ask, out) {
+            return flow;
+        }
+        let (room, old) = (member.room.clone(), member.name.clone());
+        if self.renamed(id, name, out) && old != name {
+            let renamed = notice(format!("* {old} is now {name}"));
+            self.rooms
+                .publish(&room, id, MessageKind::Notice, &renamed, out);
+        }
+        Flow::Continue
+    }
+
+    /// Records member `id`'s new name and tells it so; false if it is gone.
+    fn renamed(&mut self, id: ConnId, name: &str, out: &mut Output) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
-            return;
+            return false;
         };
         let old = std::mem::replace(&mut member.name, name.to_owned());
         self.nicks.remove(&old.to_ascii_lowercase());
-        self.nicks.insert(key, id);
-        out.line(format!("* you are now {name}").as_bytes());
-        if old != name {
-            let renamed = notice(format!("* {old} is now {name}"));
-            self.rooms
-                .publish(&member.room, id, MessageKind::Notice, &renamed, out);
+        self.nicks.insert(name.to_ascii_lowercase(), id);
+        out.send(id, &notice(format!("* you are now {name}")));
+        true
+    }
+
+    /// What an answer from the rooms settled.
+    fn settle(&mut self, settled: Settled, out: &mut Output) {
+        match settled {
+            Settled::Named { member, name } => {
+                self.renamed(member, &name, out);
+            }
+            Settled::Taken { member } => out.send(member, &notice("ERR nick taken".into())),
         }
     }
 
@@ -182,7 +201,7 @@ impl<R: Rooms> Chat<R> {
             out.line(format!("ERR already in {room}").as_bytes());
             return;
         }
-        self.exit(id, &member, "", out);
+        (self.rooms).exit(&member.room, id, &member.name, Leaving::Plain, out);
         let member = Member {
             name: member.name,
             room: room.to_owned(),
@@ -192,31 +211,50 @@ impl<R: Rooms> Chat<R> {
         self.members.insert(id, member);
     }
 
-    fn who(&self, room: &str, out: &mut Output) {
-        let mut names: Vec<&str> = (self.rooms.members(room).iter())
-            .filter_map(|id| self.members.get(id))
-            .map(|member| member.name.as_str())
-            .collect();
-        names.sort_by_cached_key(|name| name.to_ascii_lowercase());
-        out.line(format!("* members of {room}: {}", names.join(", ")).as_bytes());
-    }
-
-    fn list_rooms(&self, out: &mut Output) {
-        let mut rooms = self.rooms.list();
-        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let rooms: Vec<String> = rooms
-            .iter()
-            .map(|(name, count)| format!("{name} ({count})"))
-            .collect();
-        out.line(format!("* rooms: {}", rooms.join(", ")).as_bytes());
-    }
-
-    fn private(&self, from: &str, to: &[u8], text: &[u8], out: &mut Output) {
-        let target = valid_name(to).and_then(|to| self.nicks.get(&to.to_ascii_lowercase()));
-        match target {
-            Some(&target) => out.send(target, &message(&[b"*", from.as_bytes(), b"* ", text])),
-            None => out.line(&[b"ERR no such member ", to].concat()),
+    fn who(&mut self, id: ConnId, room: &str, out: &mut Output) -> Flow {
+        if let Some(flow) = self.rooms.ask(id, Ask::Who(room), out) {
+            return flow;
         }
+        let names = (self.rooms.members(room).iter())
+            .filter_map(|id| self.members.get(id))
+            .map(|member| member.name.clone())
+            .collect();
+        out.line(&who_line(room, names));
+        Flow::Continue
+    }
+
+    fn list_rooms(&mut self, id: ConnId, out: &mut Output) -> Flow {
+        if let Some(flow) = self.rooms.ask(id, Ask::Rooms, out) {
+            return flow;
+        }
+        out.line(&rooms_line(self.rooms.list()));
+        Flow::Continue
+    }
+
+    fn private(&mut self, id: ConnId, to: &[u8], text: &[u8], out: &mut Output) -> Flow {
+        let Some(from) = self.members.get(&id).map(|member| member.name.clone()) else {
+            return Flow::Continue;
+        };
+        let Some(to) = valid_name(to) else {
+            out.line(&[b"ERR no such member ", to].concat());
+            return Flow::Continue;
+        };
+        if let Some(flow) = self.rooms.ask(
+            id,
+            Ask::Msg {
+                from: &from,
+                to,
+                text,
+            },
+            out,
+        ) {
+            return flow;
+        }
+        match self.nicks.get(&to.to_ascii_lowercase()) {
+            Some(&target) => out.send(target, &private_line(&from, text)),
+            None => out.line(format!("ERR no such member {to}").as_bytes()),
+        }
+        Flow::Continue
     }
 }
 
@@ -229,15 +267,25 @@ impl<R: Rooms> Protocol for Chat<R> {
         self.rooms.start(mailbox);
     }
 
+    fn event(&mut self, _: &mut (), event: R::Event, out: &mut Output) -> Flow {
+        // The answer the member waited for: its lines go on.
+        if let Some(settled) = self.rooms.event(event, out) {
+            self.settle(settled, out);
+        }
+        Flow::Continue
+    }
+
     fn loop_event(&mut self, event: R::Event, out: &mut Output) {
-        self.rooms.event(event, out);
+        if let Some(settled) = self.rooms.event(event, out) {
+            self.settle(settled, out);
+        }
     }
 
     fn open(&mut self, _peer: SocketAddr, out: &mut Output) {
         let id = out.id();
         let name = self.fresh_name();
         out.line(format!("* welcome {name}, /help lists commands").as_bytes());
-        self.nicks.insert(name.clone(), id);
+        self.nicks.insert(name.to_ascii_lowercase(), id);
         let member = Member {
             name,
             room: LOBBY.to_owned(),
@@ -264,10 +312,13 @@ impl<R: Rooms> Protocol for Chat<R> {
                 self.rooms
                     .publish(&member.room, id, MessageKind::Notice, &msg, out);
             }
-            Input::Msg(to, text) => self.private(&member.name, to, text, out),
-            Input::Who => self.who(&member.room, out),
-            Input::Rooms => self.list_rooms(out),
-            Input::Nick(name) => self.nick(id, name, out),
+            Input::Msg(to, text) => return self.private(id, to, text, out),
+            Input::Who => {
+                let room = member.room.clone();
+                return self.who(id, &room, out);
+            }
+            Input::Rooms => return self.list_rooms(id, out),
+            Input::Nick(name) => return self.nick(id, name, out),
             Input::Join(room) => self.join(id, room, out),
             Input::Help => HELP.iter().for_each(|line| out.line(line)),
             Input::Quit => {
@@ -292,18 +343,36 @@ impl<R: Rooms> Protocol for Chat<R> {
             return;
         };
         self.nicks.remove(&member.name.to_ascii_lowercase());
-        let reason = match why {
+        let why = match why {
             // A plain leave (`/quit`, `BYE`): no reason shown.
-            CloseReason::Protocol => "",
-            // Everyone is leaving and was told why: no notices.
-            CloseReason::Shutdown => {
-                self.rooms.leave(&member.room, id);
-                return;
-            }
-            other => other.as_str(),
+            CloseReason::Protocol => Leaving::Plain,
+            // Everyone here is leaving and was told why.
+            CloseReason::Shutdown => Leaving::Shutdown,
+            other => Leaving::Because(other.as_str()),
         };
-        self.exit(id, &member, reason, out);
+        (self.rooms).exit(&member.room, id, &member.name, why, out);
     }
+}
+
+/// `* members of ROOM: a, b, c`, sorted ignoring case.
+pub fn who_line(room: &str, mut names: Vec<String>) -> Vec<u8> {
+    names.sort_by_cached_key(|name| name.to_ascii_lowercase());
+    format!("* members of {room}: {}", names.join(", ")).into_bytes()
+}
+
+/// `* rooms: lobby (3), dev (1)`, most members first.
+pub fn rooms_line(mut rooms: Vec<(String, usize)>) -> Vec<u8> {
+    rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let rooms: Vec<String> = rooms
+        .iter()
+        .map(|(name, count)| format!("{name} ({count})"))
+        .collect();
+    format!("* rooms: {}", rooms.join(", ")).into_bytes()
+}
+
+/// `*FROM* TEXT`, a private message as its recipient sees it.
+pub fn private_line(from: &str, text: &[u8]) -> Message {
+    message(&[b"*", from.as_bytes(), b"* ", text])
 }
 
 /// `parts` joined: one line, encoded once for all its recipients.

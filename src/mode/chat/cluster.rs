@@ -1,92 +1,102 @@
 //! Rooms that span every sockline instance pointed at the same Redis.
 //!
-//! Redis is each room's ordering point. A member's message goes to a Lua
-//! script that, in one atomic step, takes the room's next offset
-//! (`HINCRBY`), appends the message to the room's capped stream (`XADD`,
-//! for history and repairs) and publishes it (`PUBLISH`), as Centrifugo's
-//! Redis engine does. Every node, the sender's own included, delivers a
-//! room's messages only as they come back from the subscription, so every
-//! member on every node sees them in the one order Redis gave them: there is
-//! no local shortcut that could show a node's own lines early.
+//! ```text
+//!  members ── node A loop ─┐ ops (bounded queue)      ┌─ subscriber A ── mailbox ─→ node A loop ── members
+//!                          └→ publisher A ─ EVALSHA ─→ Redis ─ PUBLISH ─┤
+//!  members ── node B loop ─→ publisher B ─ EVALSHA ─→   (one script)    └─ subscriber B ── mailbox ─→ node B loop ── members
+//! ```
+//!
+//! Redis is each room's ordering point and the cluster's one record of
+//! who is where. Every change a node makes runs one Lua script
+//! (`cluster/ops.lua`) that does it atomically: a line takes the room's
+//! next offset (`HINCRBY`), goes into the room's capped stream (`XADD`,
+//! for history and repairs) and is published (`PUBLISH`), as Centrifugo's
+//! Redis engine does; a join, a leave or a rename changes the member
+//! directory and orders its notice in the room in the same step. Every
+//! node, the sender's own included, delivers a room's messages only as
+//! they come back from the subscription, so every member on every node
+//! sees them in the one order Redis gave them: there is no local shortcut
+//! that could show a node's own lines early.
+//!
+//! Names are unique across the cluster: the script grants a `/nick` only
+//! if nobody else has the name, and default `user-N` names come from one
+//! counter in Redis, in blocks, so a newcomer is named without waiting.
+//! `/who`, `/rooms` and `/msg` ask Redis. A member that asks (or renames)
+//! waits for the answer before its next lines are read ([`Flow::Wait`]),
+//! so its lines keep their order around it.
 //!
 //! The event loop never waits on Redis. Two threads of this module's own do
-//! all Redis I/O: the publisher runs the script for messages handed to it
-//! over a bounded queue, the subscriber reads the room channels; both reach
-//! the loop only through its [`Mailbox`]. A message the publisher cannot take
-//! (its queue is full) or cannot send (Redis is unreachable) comes back to
-//! its sender as one `ERR not sent ...` line, never silence.
+//! all Redis I/O ([`publisher`] runs the script for ops handed to it over
+//! a bounded queue; [`subscriber`] reads the room channels and this node's
+//! own channel); both reach the loop only through its [`Mailbox`]. An op
+//! the publisher cannot take (its queue is full) or cannot run (Redis is
+//! unreachable for [`PUBLISH_PATIENCE`]) comes back to its member as one
+//! `ERR not sent ...` line, never silence.
 //!
 //! Nothing lost, nothing doubled:
-//! - The publisher retries a message until Redis takes it (for up to
-//!   [`PUBLISH_PATIENCE`]; then its sender gets `ERR not sent`). Each
-//!   message carries an id the script remembers for a few minutes, so a
-//!   retry after a reply that was lost on the way is not published twice.
+//! - The publisher retries an op until Redis takes it. Each carries its
+//!   number in this run of the node; the script remembers the last one per
+//!   node, so a retry after a reply lost on the way runs once.
 //! - The subscriber delivers each room's messages strictly by offset: one
 //!   it has seen is dropped; after a gap (a subscription that was cut, a
 //!   node that lagged) the missing offsets are read back from the room's
-//!   stream, whose entries are keyed by offset, before going on; after it
-//!   resubscribes, every room it knows is checked the same way.
+//!   stream before going on; after it resubscribes, every room it knows is
+//!   checked the same way.
 //! - Redis restarted empty starts a new epoch (a random id the script sets
-//!   when it finds none): nodes start counting again, and members are told
-//!   the cluster's history was lost.
+//!   when it finds none): nodes start counting again, members are told the
+//!   cluster's history was lost, and each node enters its members again.
 //! - Members are told when the link to Redis is lost and when it is back.
+//!
+//! Nodes come and go: each beats every [`BEAT`] (the script records the
+//! time by Redis's clock). A node that has not beaten for [`DEAD`] is taken
+//! for dead by the next node to beat, whose script takes its members out
+//! of every room (`* NAME left (server lost)`). A node shutting down does
+//! the same for its own (`server shutting down`), and a node restarted
+//! under the same name for its previous run's (`server restarted`). A
+//! node that was only cut off, and finds itself forgotten, enters its
+//! members again.
 //!
 //! History (`--history N`) comes from the same streams: each node keeps the
 //! last N lines of every room as they are delivered, and at start (before
 //! it serves) reads every room's last N lines from Redis, so a newcomer on
 //! any node gets the same lines, also after the room emptied and after
 //! every server restarted.
-//!
-//! Not done yet: names, `/who` and `/rooms` are per node; a node that dies
-//! is not yet noticed by the others.
 
-use super::rooms::{LocalRooms, MessageKind, Rooms};
-use crate::mailbox::Refused;
+mod publisher;
+mod subscriber;
+
+use super::private_line;
+use super::rooms::{Ask, Leaving, LocalRooms, MessageKind, Rooms, Settled, left_notice};
 use crate::protocol::ConnId;
-use crate::{Mailbox, Message, Output};
+use crate::{Flow, Mailbox, Message, Output};
+use publisher::{Link, Op};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
 
-/// Messages waiting for the publisher, at most.
+/// Ops waiting for the publisher, at most.
 const PUBLISH_QUEUE: usize = 1024;
-/// Key prefix of everything sockline keeps in Redis.
-const PREFIX: &str = "sockline";
 /// How long a node waits at start for its subscription, before it serves
 /// anyway (and tells members the link is down until it is up).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach Redis again.
 const RETRY: Duration = Duration::from_millis(200);
-
-/// How long the publisher keeps trying one message before its sender is
-/// told it was not sent (and the next one's turn comes).
+/// How long the publisher keeps trying one op before its member is told
+/// it was not sent (and the next one's turn comes).
 pub const PUBLISH_PATIENCE: Duration = Duration::from_secs(30);
 /// A room's stream keeps at least this many messages, for repairs.
 const REPAIR_WINDOW: usize = 10_000;
+/// How often a node tells Redis it is alive.
+pub const BEAT: Duration = Duration::from_secs(3);
+/// A node silent this long is taken for dead, its members out of every
+/// room: within `DEAD + BEAT` of its last beat.
+pub const DEAD: Duration = Duration::from_secs(15);
+/// Default names taken from Redis at a time; another block is asked for
+/// when fewer than a quarter are left.
+const USERS_BLOCK: u64 = 64;
 
-/// The ordering step: epoch, offset, stream, publish, atomically; a message
-/// id seen before returns its offset without publishing again.
-/// KEYS: epoch, offsets hash, the room's stream, the room's channel, the
-/// message id's key.
-/// ARGV: room, the message (without epoch and offset), stream length, a
-/// fresh epoch in case there is none.
-const PUBLISH_SCRIPT: &str = r#"
-local done = redis.call('GET', KEYS[5])
-if done then return tonumber(done) end
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[1], epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-local message = epoch .. '\t' .. offset .. '\t' .. ARGV[2]
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-1', 'm', message)
-redis.call('PUBLISH', KEYS[4], message)
-redis.call('SET', KEYS[5], offset, 'EX', 300)
-return offset
-"#;
-
-/// What the Redis threads post to the event loop.
+/// What the Redis threads post to the event loop (or to one member).
 #[derive(Debug)]
 pub enum ClusterEvent {
     /// A message in its place in its room's order.
@@ -100,6 +110,44 @@ pub enum ClusterEvent {
     },
     /// Something every member on this node should know, as a `* ` line.
     Notice(&'static str),
+    /// A private message for a member here.
+    Private {
+        /// For whom.
+        to: ConnId,
+        /// `*FROM* TEXT`.
+        msg: Message,
+    },
+    /// The answer a member waited for (posted to that member).
+    Answer(Answer),
+    /// A member that entered found its name taken elsewhere, and got this
+    /// one instead.
+    Renamed {
+        /// Whose name.
+        member: ConnId,
+        /// Its new name.
+        name: String,
+    },
+    /// Default names `user-FIRST` to `user-LAST` are this node's to give.
+    Users {
+        /// The first.
+        first: u64,
+        /// The last (before `first`: none came).
+        last: u64,
+    },
+    /// The cluster forgot this node (taken for dead, or Redis restarted
+    /// empty): its members enter again.
+    Reenter,
+}
+
+/// An answer from Redis to a member's question.
+#[derive(Debug)]
+pub enum Answer {
+    /// Lines for the member.
+    Lines(Vec<Vec<u8>>),
+    /// Its `/nick` was granted.
+    Named(String),
+    /// Its `/nick` was refused: the name is someone else's.
+    Taken,
 }
 
 /// A room message as it came back from Redis.
@@ -123,14 +171,7 @@ pub struct Delivery {
 const LINK_LOST: &str = "* cluster link lost: lines wait and go out when it is back";
 const LINK_BACK: &str = "* cluster link back";
 const HISTORY_LOST: &str = "* the cluster's store restarted empty: its history was lost";
-
-/// A message for the publisher thread.
-struct Publish {
-    room: String,
-    from: ConnId,
-    /// `node \t from \t kind \t payload`, as published after the offset.
-    body: Vec<u8>,
-}
+const BUSY: &[u8] = b"ERR not sent: the cluster link is busy";
 
 /// Rooms ordered by Redis; members are this node's, in [`LocalRooms`].
 #[derive(Clone)]
@@ -140,7 +181,17 @@ pub struct RedisRooms {
     node: Arc<str>,
     history: usize,
     /// To the publisher; set by `start`.
-    link: Option<SyncSender<Publish>>,
+    link: Option<SyncSender<Op>>,
+    /// This node's members, by name and room: entered again if the
+    /// cluster forgot this node.
+    present: HashMap<ConnId, (String, String)>,
+    /// Default names `user-N` left to give: `N` in `users.0 ..= users.1`.
+    users: (u64, u64),
+    /// A block of default names is on its way.
+    asked_users: bool,
+    /// This node is shutting down and said so: nothing more is delivered
+    /// to its members (who are leaving).
+    departed: bool,
 }
 
 impl RedisRooms {
@@ -153,6 +204,24 @@ impl RedisRooms {
             node: node.into(),
             history,
             link: None,
+            present: HashMap::new(),
+            users: (1, 0),
+            asked_users: false,
+            departed: false,
+        }
+    }
+
+    /// Hands `op` to the publisher; false if it cannot take it now.
+    fn submit(&self, op: Op) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|link| link.try_send(op).is_ok())
+    }
+
+    /// `msg` to every member of this node.
+    fn tell_all(&self, msg: &Message, out: &mut Output) {
+        for member in self.present.keys() {
+            out.send(*member, msg);
         }
     }
 }
@@ -168,20 +237,24 @@ impl Rooms for RedisRooms {
     type Event = ClusterEvent;
 
     fn start(&mut self, mailbox: Mailbox<ClusterEvent>) {
-        let (link, queue) = sync_channel(PUBLISH_QUEUE);
-        self.link = Some(link);
+        let mut link = Link::new(&self.url, &self.node, self.history.max(REPAIR_WINDOW));
+        // Before serving: this run of the node is known (and an earlier
+        // run's members are gone), and it has default names to give.
+        if let Some(first) = link.start() {
+            self.users = (first, first + USERS_BLOCK - 1);
+        }
+        let (ops, queue) = sync_channel(PUBLISH_QUEUE);
+        self.link = Some(ops);
         let (subscribed, ready) = sync_channel(1);
-        let (url, node) = (self.url.clone(), self.node.clone());
-        let history = self.history;
+        let (url, node, history) = (self.url.clone(), self.node.clone(), self.history);
         let posts = mailbox.clone();
         let spawned = std::thread::Builder::new()
             .name("redis-sub".into())
-            .spawn(move || subscriber(&url, history, &posts, &subscribed))
+            .spawn(move || subscriber::run(&url, &node, history, &posts, &subscribed))
             .and_then(|_| {
-                let url = self.url.clone();
                 std::thread::Builder::new()
                     .name("redis-pub".into())
-                    .spawn(move || publisher(&url, &node, history, &queue, &mailbox))
+                    .spawn(move || publisher::run(link, &queue, &mailbox))
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the Redis threads: {e}");
@@ -194,9 +267,9 @@ impl Rooms for RedisRooms {
         }
     }
 
-    fn event(&mut self, event: ClusterEvent, out: &mut Output) {
+    fn event(&mut self, event: ClusterEvent, out: &mut Output) -> Option<Settled> {
         match event {
-            ClusterEvent::Delivered(d) => {
+            ClusterEvent::Delivered(d) if !self.departed => {
                 // Our own member's message: not back to its sender.
                 let from = match *d.node == *self.node {
                     true => d.from,
@@ -204,20 +277,114 @@ impl Rooms for RedisRooms {
                 };
                 self.local.deliver(&d.room, from, d.kind, &d.msg, out);
             }
+            ClusterEvent::Delivered(_) => {}
             ClusterEvent::NotSent { to, why } => {
-                out.send(
-                    to,
-                    &Message::from(format!("ERR not sent: {why}").as_bytes()),
-                );
+                let line = format!("ERR not sent: {why}");
+                out.send(to, &Message::from(line.as_bytes()));
             }
-            ClusterEvent::Notice(text) => {
-                let notice = Message::from(text.as_bytes());
-                for (room, _) in self.local.list() {
-                    for member in self.local.members(&room) {
-                        out.send(member, &notice);
+            ClusterEvent::Notice(text) => self.tell_all(&Message::from(text.as_bytes()), out),
+            ClusterEvent::Private { to, msg } => out.send(to, &msg),
+            ClusterEvent::Answer(Answer::Lines(lines)) => {
+                lines.iter().for_each(|line| out.line(line));
+            }
+            ClusterEvent::Answer(Answer::Named(name)) => {
+                return self.renamed(out.id(), name);
+            }
+            ClusterEvent::Answer(Answer::Taken) => {
+                return Some(Settled::Taken { member: out.id() });
+            }
+            ClusterEvent::Renamed { member, name } => return self.renamed(member, name),
+            ClusterEvent::Users { first, last } => {
+                self.asked_users = false;
+                if first <= last {
+                    self.users = (first, last);
+                }
+            }
+            ClusterEvent::Reenter => {
+                for (&from, (name, room)) in &self.present {
+                    let (room, name) = (room.clone(), name.clone());
+                    if !self.submit(Op::Enter { room, from, name }) {
+                        tracing::warn!("the cluster link is busy: a member was not entered again");
                     }
                 }
             }
+        }
+        None
+    }
+
+    fn default_name(&mut self) -> Option<String> {
+        let (next, last) = self.users;
+        if next > last {
+            return None; // the script renames it if it clashes
+        }
+        self.users.0 += 1;
+        if !self.asked_users && last - next < USERS_BLOCK / 4 {
+            self.asked_users = self.submit(Op::Users(USERS_BLOCK));
+        }
+        Some(format!("user-{next}"))
+    }
+
+    fn ask(&mut self, member: ConnId, ask: Ask<'_>, out: &mut Output) -> Option<Flow> {
+        let op = match ask {
+            Ask::Nick { room, old, new } => Op::Nick {
+                room: room.to_owned(),
+                from: member,
+                old: old.to_owned(),
+                new: new.to_owned(),
+            },
+            Ask::Who(room) => Op::Who {
+                from: member,
+                room: room.to_owned(),
+            },
+            Ask::Rooms => Op::Rooms { from: member },
+            Ask::Msg { from, to, text } => Op::Msg {
+                from: member,
+                to: to.to_owned(),
+                line: private_line(from, text),
+            },
+        };
+        if self.submit(op) {
+            return Some(Flow::Wait);
+        }
+        out.line(BUSY);
+        Some(Flow::Continue)
+    }
+
+    fn enter(&mut self, room: &str, member: ConnId, name: &str, out: &mut Output) -> Vec<Message> {
+        self.present
+            .insert(member, (name.to_owned(), room.to_owned()));
+        let (room, name) = (room.to_owned(), name.to_owned());
+        let entered = Op::Enter {
+            room: room.clone(),
+            from: member,
+            name,
+        };
+        if !self.submit(entered) {
+            out.line(BUSY);
+        }
+        self.local.join(&room, member)
+    }
+
+    fn exit(&mut self, room: &str, member: ConnId, name: &str, why: Leaving, out: &mut Output) {
+        self.local.leave(room, member);
+        self.present.remove(&member);
+        let op = match why {
+            // Once for all of this node's members, who all leave.
+            Leaving::Shutdown if self.departed => return,
+            Leaving::Shutdown => {
+                self.departed = true;
+                Op::Depart("server shutting down")
+            }
+            _ => Op::Exit {
+                room: room.to_owned(),
+                from: member,
+                name: name.to_owned(),
+                notice: left_notice(name, why),
+            },
+        };
+        if !self.submit(op) {
+            tracing::warn!(name, "the cluster link is busy: a leave was not told");
+            let _ = out;
         }
     }
 
@@ -237,23 +404,22 @@ impl Rooms for RedisRooms {
         msg: &Message,
         out: &mut Output,
     ) {
-        let Some(link) = &self.link else {
+        if self.link.is_none() {
             // Not started (a test without a loop): order here.
             self.local.deliver(room, from, kind, msg, out);
             return;
-        };
-        let body = encode(&self.node, from, kind, msg);
-        let publish = Publish {
+        }
+        let say = Op::Say {
             room: room.to_owned(),
             from,
-            body,
+            kind,
+            msg: msg.clone(),
         };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = link.try_send(publish) {
-            let why = b"ERR not sent: the cluster link is busy";
+        if !self.submit(say) {
             // In line with the sender's replies when it is the one served.
             match out.id() == from {
-                true => out.line(why),
-                false => out.send(from, &Message::from(&why[..])),
+                true => out.line(BUSY),
+                false => out.send(from, &Message::from(BUSY)),
             }
         }
     }
@@ -278,15 +444,14 @@ impl Rooms for RedisRooms {
     }
 }
 
-/// `node \t from \t kind \t payload`.
-fn encode(node: &str, from: ConnId, kind: MessageKind, msg: &[u8]) -> Vec<u8> {
-    let kind = match kind {
-        MessageKind::Line => 'L',
-        MessageKind::Notice => 'N',
-    };
-    let mut body = format!("{node}\t{}\t{kind}\t", from.pack()).into_bytes();
-    body.extend_from_slice(msg);
-    body
+impl RedisRooms {
+    /// Member `member` is now called `name` in the cluster.
+    fn renamed(&mut self, member: ConnId, name: String) -> Option<Settled> {
+        if let Some((known, _)) = self.present.get_mut(&member) {
+            known.clone_from(&name);
+        }
+        Some(Settled::Named { member, name })
+    }
 }
 
 /// A published message: `epoch \t offset \t node \t from \t kind \t
@@ -315,12 +480,11 @@ fn decode(room: &str, message: &[u8]) -> Option<(String, Delivery)> {
     Some((epoch, delivery))
 }
 
+/// Key prefix of everything sockline keeps in Redis.
+const PREFIX: &str = "sockline";
+
 fn epoch_key() -> String {
     format!("{PREFIX}:epoch")
-}
-
-fn sent_key(id: &str) -> String {
-    format!("{PREFIX}:sent:{id}")
 }
 
 fn offsets_key() -> String {
@@ -335,11 +499,21 @@ fn channel(room: &str) -> String {
     format!("{PREFIX}:room:{room}")
 }
 
-/// Posts `event`, waiting (on this thread, not the loop's) while the
-/// mailbox is full; false once the loop is gone.
-fn post_loop(mailbox: &Mailbox<ClusterEvent>, mut event: ClusterEvent) -> bool {
+/// The channel of private messages to `node`'s members.
+fn node_channel(node: &str) -> String {
+    format!("{PREFIX}:node:{node}")
+}
+
+/// Posts `event` (to `to`, or to the loop), waiting on this thread, not
+/// the loop's, while the mailbox is full; false once the loop is gone.
+fn post(mailbox: &Mailbox<ClusterEvent>, to: Option<ConnId>, mut event: ClusterEvent) -> bool {
+    use crate::mailbox::Refused;
     loop {
-        match mailbox.post_loop(event) {
+        let posted = match to {
+            Some(to) => mailbox.post(to, event),
+            None => mailbox.post_loop(event),
+        };
+        match posted {
             Ok(()) => return true,
             Err(Refused::Full(back)) => {
                 event = back;
@@ -348,75 +522,6 @@ fn post_loop(mailbox: &Mailbox<ClusterEvent>, mut event: ClusterEvent) -> bool {
             Err(Refused::Closed(_)) => return false,
         }
     }
-}
-
-/// The publisher thread: runs the ordering script for each message, in the
-/// order they were handed over, retrying each until Redis takes it or
-/// [`PUBLISH_PATIENCE`] runs out (then its sender is told).
-fn publisher(
-    url: &str,
-    node: &str,
-    history: usize,
-    queue: &Receiver<Publish>,
-    mailbox: &Mailbox<ClusterEvent>,
-) {
-    let script = redis::Script::new(PUBLISH_SCRIPT);
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_nanos());
-    let length = history.max(REPAIR_WINDOW);
-    let (mut connection, mut down) = (None, false);
-    for (count, publish) in queue.iter().enumerate() {
-        // Unique across restarts of a node of the same name.
-        let id = format!("{node}:{started:x}:{count}");
-        let deadline = std::time::Instant::now() + PUBLISH_PATIENCE;
-        loop {
-            if connection.is_none() {
-                connection = connect(url, &mut down);
-            }
-            let sent: redis::RedisResult<u64> = match connection.as_mut() {
-                Some(con) => script
-                    .key(epoch_key())
-                    .key(offsets_key())
-                    .key(stream_key(&publish.room))
-                    .key(channel(&publish.room))
-                    .key(sent_key(&id))
-                    .arg(&publish.room)
-                    .arg(&publish.body)
-                    .arg(length)
-                    .arg(fresh_epoch())
-                    .invoke(con),
-                None => Err(redis::RedisError::from(std::io::Error::other(
-                    "no connection",
-                ))),
-            };
-            match sent {
-                Ok(_) => break,
-                Err(e) => {
-                    if connection.take().is_some() {
-                        tracing::warn!(node, "Redis: cannot publish: {e}");
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        let (to, why) = (publish.from, "the cluster link is down");
-                        if !post_loop(mailbox, ClusterEvent::NotSent { to, why }) {
-                            return;
-                        }
-                        break;
-                    }
-                    std::thread::sleep(RETRY);
-                }
-            }
-        }
-    }
-}
-
-/// An epoch for the script to set if Redis has none (it started empty):
-/// never one used before, so every node sees the change.
-fn fresh_epoch() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.as_nanos());
-    format!("{now:x}-{:x}", std::process::id())
 }
 
 /// A connection to Redis; a failure is logged only when `down` is false
@@ -440,283 +545,6 @@ fn connect(url: &str, down: &mut bool) -> Option<redis::Connection> {
     }
 }
 
-/// The subscriber thread: every room channel; each room's messages posted
-/// to the loop in offset order, exactly once, gaps repaired from the
-/// room's stream; resubscribes after a failure (and checks every room it
-/// knows for what it missed). `subscribed` hears once the first
-/// subscription stands.
-fn subscriber(
-    url: &str,
-    history: usize,
-    mailbox: &Mailbox<ClusterEvent>,
-    subscribed: &SyncSender<()>,
-) {
-    let pattern = channel("*");
-    let prefix = channel("");
-    let mut order = Order::default();
-    let mut lost = false;
-    let mut loaded = false;
-    let mut down = false;
-    loop {
-        let (Some(mut connection), Some(mut commands)) =
-            (connect(url, &mut down), connect(url, &mut down))
-        else {
-            std::thread::sleep(RETRY);
-            continue;
-        };
-        let mut pubsub = connection.as_pubsub();
-        if let Err(e) = pubsub.psubscribe(&pattern) {
-            tracing::warn!("Redis: cannot subscribe: {e}");
-            std::thread::sleep(RETRY);
-            continue;
-        }
-        // Once, before serving: every room's last lines, so that whoever
-        // joins gets them, also after every server restarted.
-        if !loaded && history > 0 {
-            if !order.load_history(&mut commands, history, mailbox) {
-                return;
-            }
-            loaded = true;
-        }
-        let _ = subscribed.try_send(());
-        // What was published while we were not listening.
-        if !order.catch_up(&mut commands, mailbox) {
-            return;
-        }
-        if std::mem::take(&mut lost) && !post_loop(mailbox, ClusterEvent::Notice(LINK_BACK)) {
-            return;
-        }
-        loop {
-            let message = match pubsub.get_message() {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!("Redis: subscription lost: {e}");
-                    break;
-                }
-            };
-            let channel = message.get_channel_name();
-            let Some(room) = channel.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Some((epoch, delivery)) = decode(room, message.get_payload_bytes()) else {
-                tracing::warn!(channel, "Redis: a message sockline did not write");
-                continue;
-            };
-            if !order.receive(&epoch, delivery, &mut commands, mailbox) {
-                return;
-            }
-        }
-        lost = true;
-        if !post_loop(mailbox, ClusterEvent::Notice(LINK_LOST)) {
-            return;
-        }
-        std::thread::sleep(RETRY);
-    }
-}
-
-/// Where each room's order stands on this node.
-#[derive(Default)]
-struct Order {
-    epoch: Option<String>,
-    /// The last offset delivered, per room.
-    last: std::collections::HashMap<String, u64>,
-}
-
-/// A stream entry as XRANGE returns it: its id, and its fields.
-type Entry = (String, Vec<(String, Vec<u8>)>);
-
-impl Order {
-    /// Delivers `delivery` in its place: drops one seen before, first
-    /// repairs a gap before it. False once the loop is gone.
-    fn receive(
-        &mut self,
-        epoch: &str,
-        delivery: Delivery,
-        commands: &mut redis::Connection,
-        mailbox: &Mailbox<ClusterEvent>,
-    ) -> bool {
-        if self.epoch.as_deref() != Some(epoch) {
-            let restarted = self.epoch.is_some();
-            self.epoch = Some(epoch.to_owned());
-            self.last.clear();
-            if restarted && !post_loop(mailbox, ClusterEvent::Notice(HISTORY_LOST)) {
-                return false;
-            }
-        }
-        let offset = delivery.offset;
-        let last = self.last.get(&delivery.room).copied();
-        if last.is_some_and(|last| offset <= last) {
-            return true; // seen before (a repair got it first)
-        }
-        if let Some(last) = last
-            && offset > last + 1
-            && !self.repair(&delivery.room, last, offset - 1, commands, mailbox)
-        {
-            return false;
-        }
-        self.last.insert(delivery.room.clone(), offset);
-        post_loop(mailbox, ClusterEvent::Delivered(delivery))
-    }
-
-    /// Reads offsets `after + 1 ..= upto` of `room` back from its stream
-    /// and delivers them.
-    fn repair(
-        &mut self,
-        room: &str,
-        after: u64,
-        upto: u64,
-        commands: &mut redis::Connection,
-        mailbox: &Mailbox<ClusterEvent>,
-    ) -> bool {
-        let entries: redis::RedisResult<Vec<Entry>> = redis::cmd("XRANGE")
-            .arg(stream_key(room))
-            .arg(format!("{}-1", after + 1))
-            .arg(format!("{upto}-1"))
-            .query(commands);
-        let entries = entries.unwrap_or_else(|e| {
-            tracing::warn!(
-                room,
-                "Redis: cannot repair offsets {}..={upto}: {e}",
-                after + 1
-            );
-            Vec::new()
-        });
-        let mut next = after + 1;
-        for (_, fields) in entries {
-            let Some((_, message)) = fields.into_iter().find(|(name, _)| name == "m") else {
-                continue;
-            };
-            let Some((_, delivery)) = decode(room, &message) else {
-                continue;
-            };
-            if delivery.offset < next {
-                continue;
-            }
-            next = delivery.offset + 1;
-            self.last.insert(room.to_owned(), delivery.offset);
-            if !post_loop(mailbox, ClusterEvent::Delivered(delivery)) {
-                return false;
-            }
-        }
-        if next <= upto {
-            tracing::warn!(
-                room,
-                "Redis: offsets {next}..={upto} are gone from the stream"
-            );
-            self.last.insert(room.to_owned(), upto);
-        }
-        true
-    }
-
-    /// Reads the last `history` messages of every room's stream and
-    /// delivers them (there are no members yet: they become each room's
-    /// history); live messages follow from there.
-    fn load_history(
-        &mut self,
-        commands: &mut redis::Connection,
-        history: usize,
-        mailbox: &Mailbox<ClusterEvent>,
-    ) -> bool {
-        let prefix = stream_key("");
-        let mut cursor = 0u64;
-        let mut keys = Vec::new();
-        loop {
-            let page: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query(commands);
-            let Ok((next, found)) = page else {
-                tracing::warn!("Redis: cannot list the rooms' history");
-                return true;
-            };
-            keys.extend(found);
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        for key in keys {
-            let Some(room) = key.strip_prefix(&prefix) else {
-                continue;
-            };
-            // Newest first, a page at a time, until `history` lines (the
-            // stream holds notices too).
-            let (mut lines, mut newest, mut end) = (Vec::new(), None, "+".to_owned());
-            while lines.len() < history {
-                let page: redis::RedisResult<Vec<Entry>> = redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg(&end)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(256)
-                    .query(commands);
-                let page = page.unwrap_or_default();
-                let Some((last_id, _)) = page.last() else {
-                    break;
-                };
-                end = format!("({last_id}");
-                for (_, fields) in page {
-                    let message = fields.into_iter().find(|(name, _)| name == "m");
-                    let Some((epoch, delivery)) = message.and_then(|(_, m)| decode(room, &m))
-                    else {
-                        continue;
-                    };
-                    self.epoch.get_or_insert(epoch);
-                    newest.get_or_insert(delivery.offset);
-                    if delivery.kind == MessageKind::Line && lines.len() < history {
-                        lines.push(delivery);
-                    }
-                }
-            }
-            if let Some(newest) = newest {
-                self.last.insert(room.to_owned(), newest);
-            }
-            for delivery in lines.into_iter().rev() {
-                if !post_loop(mailbox, ClusterEvent::Delivered(delivery)) {
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// After (re)subscribing: each known room's current offset, and what
-    /// was missed before it.
-    fn catch_up(
-        &mut self,
-        commands: &mut redis::Connection,
-        mailbox: &Mailbox<ClusterEvent>,
-    ) -> bool {
-        let epoch: redis::RedisResult<Option<String>> =
-            redis::cmd("GET").arg(epoch_key()).query(commands);
-        if let Ok(Some(epoch)) = epoch
-            && self.epoch.as_ref().is_some_and(|known| *known != epoch)
-        {
-            // Restarted empty: counting starts again.
-            self.epoch = Some(epoch);
-            self.last.clear();
-            return post_loop(mailbox, ClusterEvent::Notice(HISTORY_LOST));
-        }
-        let rooms: Vec<(String, u64)> = self.last.iter().map(|(r, o)| (r.clone(), *o)).collect();
-        for (room, last) in rooms {
-            let now: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
-                .arg(offsets_key())
-                .arg(&room)
-                .query(commands);
-            if let Ok(Some(now)) = now
-                && now > last
-                && !self.repair(&room, last, now, commands, mailbox)
-            {
-                return false;
-            }
-        }
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,9 +552,8 @@ mod tests {
     #[test]
     fn messages_survive_the_round_trip_through_their_encoding() {
         let from = ConnId::new(7, 3);
-        let body = encode("node-1", from, MessageKind::Line, b"bob: a\ttab and \xff");
-        let mut published = b"e1\t42\t".to_vec();
-        published.extend_from_slice(&body);
+        let mut published = format!("e1\t42\tnode-1\t{}\tL\t", from.pack()).into_bytes();
+        published.extend_from_slice(b"bob: a\ttab and \xff");
         let (epoch, got) = decode("lobby", &published).unwrap();
         assert_eq!(epoch, "e1");
         assert_eq!(

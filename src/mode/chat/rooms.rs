@@ -13,7 +13,7 @@
 //! the one that emptied longest ago first. Rooms with members keep their
 //! history regardless (they are bounded by the connections).
 
-use crate::{ConnId, Mailbox, Message, Output};
+use crate::{ConnId, Flow, Mailbox, Message, Output};
 use std::collections::{HashMap, VecDeque};
 
 /// What a published message is; decides whether later joiners see it.
@@ -23,6 +23,64 @@ pub enum MessageKind {
     Line,
     /// A `* ...` notice (joins, leaves, renames, actions): delivered once.
     Notice,
+}
+
+/// Why a member leaves its room, for the notice the room gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving<'a> {
+    /// `/quit`, `BYE` or `/join`: `* NAME left`.
+    Plain,
+    /// The connection ended otherwise: `* NAME left (REASON)`.
+    Because(&'a str),
+    /// The server shuts down, and has told its members: no notice to them.
+    Shutdown,
+}
+
+/// A question about the members of every instance: asked of rooms that
+/// span several ([`Rooms::ask`]), answered later through the mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask<'a> {
+    /// May the member in `room` named `old` take the name `new`?
+    Nick {
+        /// Its room, told `* OLD is now NEW` if so.
+        room: &'a str,
+        /// Its name now.
+        old: &'a str,
+        /// The name it asks for.
+        new: &'a str,
+    },
+    /// `/who`: the members of `room`.
+    Who(&'a str),
+    /// `/rooms`: every room with members, and how many.
+    Rooms,
+    /// `/msg TO TEXT` from the member named `from`.
+    Msg {
+        /// The sender's name.
+        from: &'a str,
+        /// The name it is for.
+        to: &'a str,
+        /// What it says.
+        text: &'a [u8],
+    },
+}
+
+/// What an answer from outside the loop settles, for the chat's own
+/// record of its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// `member` is now named `name` (a `/nick` granted, or a name found
+    /// taken as it entered).
+    Named {
+        /// Whose name.
+        member: ConnId,
+        /// Its new name.
+        name: String,
+    },
+    /// `member`'s `/nick` was refused: someone elsewhere has the name.
+    Taken {
+        /// Who asked.
+        member: ConnId,
+    },
 }
 
 /// Room membership and the ordering point of each room's messages.
@@ -38,8 +96,44 @@ pub trait Rooms: Clone + Send + 'static {
     /// The event loop starts; `mailbox` posts [`Rooms::Event`]s to it.
     fn start(&mut self, _mailbox: Mailbox<Self::Event>) {}
 
-    /// An event posted through the mailbox arrived on the loop.
-    fn event(&mut self, _event: Self::Event, _out: &mut Output) {}
+    /// An event posted through the mailbox arrived on the loop (`out` is
+    /// the member's own when it was posted to one). Answers go to `out`;
+    /// what changes the chat's record of its members is returned.
+    fn event(&mut self, _event: Self::Event, _out: &mut Output) -> Option<Settled> {
+        None
+    }
+
+    /// A default name (`user-N`) for a newcomer that is unique across
+    /// instances; `None` leaves it to the chat (unique on this loop).
+    fn default_name(&mut self) -> Option<String> {
+        None
+    }
+
+    /// Asks about the members of every instance. `None`: these rooms span
+    /// only this loop, and the chat answers from its own record. Else what
+    /// the member's connection does next: [`Flow::Wait`] for the answer,
+    /// which comes later through the mailbox to `member` (a name it settles
+    /// comes back from [`event`](Rooms::event)); [`Flow::Continue`] when
+    /// it could not be asked and `out` says so.
+    fn ask(&mut self, _member: ConnId, _ask: Ask<'_>, _out: &mut Output) -> Option<Flow> {
+        None
+    }
+
+    /// `member`, named `name`, enters `room`: the room is told `* NAME
+    /// joined`. Returns the room's history for the newcomer.
+    fn enter(&mut self, room: &str, member: ConnId, name: &str, out: &mut Output) -> Vec<Message> {
+        let joined = Message::from(format!("* {name} joined").as_bytes());
+        self.publish(room, member, MessageKind::Notice, &joined, out);
+        self.join(room, member)
+    }
+
+    /// `member`, named `name`, leaves `room`, which is told why.
+    fn exit(&mut self, room: &str, member: ConnId, name: &str, why: Leaving, out: &mut Output) {
+        self.leave(room, member);
+        if let Some(left) = left_notice(name, why) {
+            self.publish(room, member, MessageKind::Notice, &left, out);
+        }
+    }
 
     /// Puts `member` in `room` (created on first join) and returns the
     /// room's history, oldest first, for the newcomer to catch up on.
@@ -83,6 +177,16 @@ pub trait Rooms: Clone + Send + 'static {
 
     /// Every room that has members, with how many.
     fn list(&self) -> Vec<(String, usize)>;
+}
+
+/// `* NAME left`, with the reason if there is one; none at shutdown.
+pub fn left_notice(name: &str, why: Leaving) -> Option<Message> {
+    let text = match why {
+        Leaving::Plain => format!("* {name} left"),
+        Leaving::Because(reason) => format!("* {name} left ({reason})"),
+        Leaving::Shutdown => return None,
+    };
+    Some(Message::from(text.as_bytes()))
 }
 
 /// Emptied rooms whose history [`LocalRooms::new`] keeps unless told
