@@ -43,7 +43,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         if args.mode != Mode::Chat {
             anyhow::bail!("--redis is for --mode chat (rooms across servers)");
         }
-        mode::check_url(url).map_err(anyhow::Error::msg)?;
+        mode::check_url(url, None).map_err(anyhow::Error::msg)?;
     }
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
