@@ -107,10 +107,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = sockline::mode::HISTORY_ROOMS)]
     pub history_rooms: usize,
     /// Chat: rooms span every sockline pointed at this Redis
-    /// (redis://[USER:PASSWORD@]HOST:PORT[/DB]); Redis puts each room's
-    /// lines in one order for every node.
+    /// (redis://[USER:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS);
+    /// Redis puts each room's lines in one order for every node.
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// Chat with a rediss:// (TLS) --redis: trust the CA certificates in
+    /// this PEM file instead of the system's roots.
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
+    /// Chat with a rediss:// --redis: present this client certificate chain
+    /// (PEM) to Redis (mutual TLS); needs --redis-key.
+    #[arg(long, value_name = "FILE", requires_all = ["redis", "redis_key"])]
+    pub redis_cert: Option<PathBuf>,
+    /// The private key (PEM) for --redis-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
     /// Chat with --redis: this node's name in the cluster (default:
     /// HOSTNAME-PID).
     #[arg(long, value_name = "NAME", requires = "redis")]

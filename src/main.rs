@@ -39,11 +39,12 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.quiet, args.verbose, args.log_format);
+    let redis_tls = redis_tls(&args)?;
     if let Some(url) = &args.redis {
         if args.mode != Mode::Chat {
             anyhow::bail!("--redis is for --mode chat (rooms across servers)");
         }
-        mode::check_url(url).map_err(anyhow::Error::msg)?;
+        mode::check_url(url, redis_tls.as_ref()).map_err(anyhow::Error::msg)?;
     }
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
@@ -96,7 +97,10 @@ fn serve(args: ServeArgs) -> Result<()> {
                 Some(url) => {
                     let node = args.node.clone().unwrap_or_else(default_node);
                     eprintln!("sockline: chat rooms through Redis at {url}, as node {node}");
-                    let rooms = mode::RedisRooms::new(url, &node, rooms, args.history);
+                    let mut rooms = mode::RedisRooms::new(url, &node, rooms, args.history);
+                    if let Some(certs) = redis_tls {
+                        rooms = rooms.tls(certs);
+                    }
                     server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown)
                 }
             }
@@ -111,6 +115,19 @@ fn default_node() -> String {
     let host = host.trim();
     let host = if host.is_empty() { "sockline" } else { host };
     format!("{host}-{}", std::process::id())
+}
+
+/// The certificates for a rediss:// --redis from the --redis-ca,
+/// --redis-cert and --redis-key flags, if any.
+fn redis_tls(args: &ServeArgs) -> Result<Option<redis::TlsCertificates>> {
+    let identity = args.redis_cert.as_deref().zip(args.redis_key.as_deref());
+    if args.redis_ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(sockline::tls::redis_certificates(
+        args.redis_ca.as_deref(),
+        identity,
+    )?))
 }
 
 /// The server's TLS config from the --tls-* flags, if any.

@@ -93,6 +93,53 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The certificates redis-rs takes for a `rediss://` Redis (`serve
+/// --redis-ca`, `--redis-cert`, `--redis-key`): `ca` to trust instead of
+/// the system's roots, `identity` (certificate chain, key) to present. Each
+/// file is read and checked here, so a bad one is named at start rather
+/// than at the first connection.
+pub fn redis_certificates(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> io::Result<redis::TlsCertificates> {
+    let root_cert = match ca {
+        Some(path) => {
+            roots(path)?;
+            Some(read(path)?)
+        }
+        None => None,
+    };
+    let client_tls = match identity {
+        Some((cert, key)) => {
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| invalid(format!("TLS setup failed: {e}")))?
+                .with_root_certificates(RootCertStore::empty())
+                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+                .map_err(|e| {
+                    invalid(format!(
+                        "cannot present {} with key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+            Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            })
+        }
+        None => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
+fn read(path: &Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))
+}
+
 /// A throwaway certificate made at start (`serve --tls-self-signed`).
 pub struct SelfSigned {
     /// The certificate, DER.

@@ -177,7 +177,7 @@ const BUSY: &[u8] = b"ERR not sent: the cluster link is busy";
 #[derive(Clone)]
 pub struct RedisRooms {
     local: LocalRooms,
-    url: String,
+    url: Target,
     node: Arc<str>,
     history: usize,
     /// To the publisher; set by `start`.
@@ -195,12 +195,15 @@ pub struct RedisRooms {
 }
 
 impl RedisRooms {
-    /// Rooms through the Redis at `url` (`redis://[user:password@]host:port[/db]`),
-    /// as node `node`, keeping `history` lines per room.
+    /// Rooms through the Redis at `url` (`redis://[user:password@]host:port[/db]`,
+    /// or `rediss://` for TLS), as node `node`, keeping `history` lines per room.
     pub fn new(url: &str, node: &str, local: LocalRooms, history: usize) -> Self {
         RedisRooms {
             local,
-            url: url.to_owned(),
+            url: Target {
+                url: url.to_owned(),
+                tls: None,
+            },
             node: node.into(),
             history,
             link: None,
@@ -226,18 +229,65 @@ impl RedisRooms {
     }
 }
 
-/// Checks `url` without connecting, for a clear error at start.
-pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
+impl RedisRooms {
+    /// With a `rediss://` URL: trust the CA in `certs` instead of the
+    /// system's roots, and/or present its client certificate (mutual TLS).
+    pub fn tls(mut self, certs: redis::TlsCertificates) -> Self {
+        self.url.tls = Some(certs);
+        self
+    }
+}
+
+/// Checks `url` (and `tls`, as [`RedisRooms::tls`] takes it) without
+/// connecting, for a clear error at start.
+pub fn check_url(url: &str, tls: Option<&redis::TlsCertificates>) -> Result<(), String> {
+    let target = Target {
+        url: url.to_owned(),
+        tls: tls.cloned(),
+    };
+    target
+        .client()
         .map(drop)
         .map_err(|e| format!("bad Redis URL {url}: {e}"))
+}
+
+/// Where Redis is: its URL and, for `rediss://`, the certificates to trust
+/// and to present. Shown as its URL.
+#[derive(Clone)]
+struct Target {
+    url: String,
+    tls: Option<redis::TlsCertificates>,
+}
+
+impl Target {
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        // redis-rs builds its rustls config with the process's default
+        // provider: make that ring (our only one) before it looks.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        match &self.tls {
+            None => redis::Client::open(self.url.as_str()),
+            Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 impl Rooms for RedisRooms {
     type Event = ClusterEvent;
 
     fn start(&mut self, mailbox: Mailbox<ClusterEvent>) {
-        let mut link = Link::new(&self.url, &self.node, self.history.max(REPAIR_WINDOW));
+        let mut link = Link::new(
+            self.url.clone(),
+            &self.node,
+            self.history.max(REPAIR_WINDOW),
+        );
         // Before serving: this run of the node is known (and an earlier
         // run's members are gone), and it has default names to give.
         if let Some(first) = link.start() {
@@ -526,8 +576,8 @@ fn post(mailbox: &Mailbox<ClusterEvent>, to: Option<ConnId>, mut event: ClusterE
 
 /// A connection to Redis; a failure is logged only when `down` is false
 /// (then set), so that retrying every 200 ms does not flood the log.
-fn connect(url: &str, down: &mut bool) -> Option<redis::Connection> {
-    let client = redis::Client::open(url).ok()?;
+fn connect(url: &Target, down: &mut bool) -> Option<redis::Connection> {
+    let client = url.client().ok()?;
     match client.get_connection_with_timeout(Duration::from_secs(2)) {
         Ok(connection) => {
             *down = false;

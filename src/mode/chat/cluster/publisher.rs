@@ -4,7 +4,7 @@
 //! beats every [`BEAT`], which is also when dead nodes are noticed.
 
 use super::{
-    Answer, BEAT, ClusterEvent, DEAD, PUBLISH_PATIENCE, RETRY, USERS_BLOCK, connect, post,
+    Answer, BEAT, ClusterEvent, DEAD, PUBLISH_PATIENCE, RETRY, Target, USERS_BLOCK, connect, post,
 };
 use crate::mode::chat::{MessageKind, rooms_line, who_line};
 use crate::protocol::ConnId;
@@ -119,7 +119,7 @@ impl Op {
 
 /// A node's connection to the script: who it is, and its ops' numbers.
 pub(super) struct Link {
-    url: String,
+    url: Target,
     node: String,
     /// This start of the node, unique across its restarts.
     run: String,
@@ -136,9 +136,9 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub fn new(url: &str, node: &str, length: usize) -> Link {
+    pub fn new(url: Target, node: &str, length: usize) -> Link {
         Link {
-            url: url.to_owned(),
+            url,
             node: node.to_owned(),
             run: unique(),
             count: 0,

@@ -4,8 +4,8 @@
 
 use super::MessageKind;
 use super::{
-    ClusterEvent, Delivery, HISTORY_LOST, LINK_BACK, LINK_LOST, RETRY, channel, connect, decode,
-    epoch_key, node_channel, offsets_key, post, stream_key,
+    ClusterEvent, Delivery, HISTORY_LOST, LINK_BACK, LINK_LOST, RETRY, Target, channel, connect,
+    decode, epoch_key, node_channel, offsets_key, post, stream_key,
 };
 use crate::protocol::ConnId;
 use crate::{Mailbox, Message};
@@ -17,7 +17,7 @@ use std::sync::mpsc::SyncSender;
 /// knows for what it missed). `subscribed` hears once the first
 /// subscription stands.
 pub(super) fn run(
-    url: &str,
+    url: &Target,
     node: &str,
     history: usize,
     mailbox: &Mailbox<ClusterEvent>,
