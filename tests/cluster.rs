@@ -355,6 +355,23 @@ fn redis_restarted_empty_tells_members_their_history_was_lost() {
             member.log
         );
     }
+    // Presence is rebuilt: each node enters its members again at its next
+    // beat, and their names are taken again.
+    let [alice, ..] = &mut members;
+    let everyone = "* members of lobby: alice, bob, carol, dave";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        alice.say("/who");
+        let who = alice.said(&["* members of lobby"], 1).remove(0);
+        if who == everyone {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {who}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut newcomer = Member::join(a.addr, "erin");
+    newcomer.say("/nick dave");
+    newcomer.wait_for("ERR nick taken");
 }
 
 #[test]
@@ -388,4 +405,142 @@ fn history_lives_in_redis_for_every_node_and_every_restart() {
     carol.wait_for("* you joined dev");
     let got: Vec<String> = (0..3).map(|_| carol.line()).collect();
     assert_eq!(got, want);
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`, ...) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// Connects and returns the member with the name it was welcomed with.
+fn newcomer(addr: SocketAddr) -> (Member, String) {
+    let stream = connect(addr);
+    let mut member = Member {
+        writer: stream.try_clone().unwrap(),
+        reader: BufReader::new(stream),
+        log: Vec::new(),
+    };
+    let welcome = member.line();
+    let name = welcome
+        .strip_prefix("* welcome ")
+        .and_then(|rest| rest.strip_suffix(", /help lists commands"))
+        .unwrap_or_else(|| panic!("not a welcome: {welcome}"))
+        .to_owned();
+    (member, name)
+}
+
+#[test]
+fn names_who_rooms_and_private_messages_span_the_cluster() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let b = node(&redis, "b");
+    // Default names never repeat across nodes.
+    let mut names = Vec::new();
+    let mut newcomers = Vec::new();
+    for i in 0..6 {
+        let (member, name) = newcomer([a.addr, b.addr][i % 2]);
+        names.push(name);
+        newcomers.push(member);
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "default names repeat: {names:?}");
+    drop(newcomers);
+
+    let mut alice = Member::join(a.addr, "alice");
+    let mut bob = Member::join(b.addr, "bob");
+    // A name is taken across the cluster, ignoring case; user-N names are
+    // the server's to give.
+    bob.say("/nick ALICE");
+    bob.wait_for("ERR nick taken");
+    bob.say(&format!("/nick {}", names[0].to_uppercase()));
+    bob.wait_for("ERR nick taken");
+
+    // /who and /rooms count every node's members.
+    alice.say("/who");
+    alice.wait_for("* members of lobby: alice, bob");
+    bob.say("/join dev");
+    bob.wait_for("* you joined dev");
+    alice.wait_for("* bob left");
+    alice.say("/rooms");
+    alice.wait_for("* rooms: dev (1), lobby (1)");
+
+    // /msg reaches a member on another node; an unknown name is an error.
+    alice.say("/msg bob psst");
+    bob.wait_for("*alice* psst");
+    bob.say("/msg Alice back");
+    alice.wait_for("*bob* back");
+    alice.say("/msg nobody hello?");
+    alice.wait_for("ERR no such member nobody");
+
+    // A rename waits for the cluster's answer: the line after it carries
+    // the new name, and follows the room's notice.
+    bob.say("/join lobby");
+    bob.wait_for("* you joined lobby");
+    alice.wait_for("* bob joined");
+    alice.say("/nick alicia");
+    alice.say("after the rename");
+    alice.wait_for("* you are now alicia");
+    let seen = bob.wait_for("alicia: after the rename");
+    assert_eq!(seen, ["* alice is now alicia"]);
+    // The old name is free again, on any node.
+    bob.say("/nick alice");
+    bob.wait_for("* you are now alice");
+}
+
+#[test]
+fn a_killed_node_s_members_leave_every_room_within_30_s() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let mut b = node(&redis, "b");
+    let mut alice = Member::join(a.addr, "alice");
+    let mut bob = Member::join(b.addr, "bob");
+    bob.say("/join dev");
+    bob.wait_for("* you joined dev");
+    let _carol = Member::join(b.addr, "carol");
+    while !alice.line().ends_with(" is now carol") {}
+    b.child.kill().unwrap();
+    let killed = std::time::Instant::now();
+    (alice.reader.get_ref())
+        .set_read_timeout(Some(Duration::from_secs(35)))
+        .unwrap();
+    alice.wait_for("* carol left (server lost)");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(30), "noticed after {took:?}");
+    alice.say("/who");
+    alice.wait_for("* members of lobby: alice");
+    alice.say("/rooms");
+    alice.wait_for("* rooms: lobby (1)");
+    // Its names are free again.
+    let mut bob = Member::join(a.addr, "bob");
+    bob.say("/who");
+    bob.wait_for("* members of lobby: alice, bob");
+}
+
+#[test]
+fn a_node_restarted_or_shut_down_takes_its_members_out_at_once() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a");
+    let mut b = node(&redis, "b");
+    let mut alice = Member::join(a.addr, "alice");
+    let _bob = Member::join(b.addr, "bob");
+    while !alice.line().ends_with(" is now bob") {}
+    // Killed and started again under its name: the new run takes the old
+    // run's members out as it starts, long before it would be taken dead.
+    b.child.kill().unwrap();
+    let b = node(&redis, "b");
+    alice.wait_for("* bob left (server restarted)");
+    // Its members come back (as clients do), under their names.
+    let _bob = Member::join(b.addr, "bob");
+    while !alice.line().ends_with(" is now bob") {}
+    // Shut down: its members leave with the reason.
+    signal(b.child.id(), "-TERM");
+    alice.wait_for("* bob left (server shutting down)");
+    alice.say("/who");
+    alice.wait_for("* members of lobby: alice");
 }
