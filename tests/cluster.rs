@@ -544,3 +544,257 @@ fn a_node_restarted_or_shut_down_takes_its_members_out_at_once() {
     alice.say("/who");
     alice.wait_for("* members of lobby: alice");
 }
+
+/// The ids of Redis's clients of type `kind` (`CLIENT LIST TYPE kind`),
+/// the whole reply read (`RedisServer::command` gives its first line).
+fn client_ids(redis: &RedisServer, kind: &str) -> Vec<u64> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(format!("CLIENT LIST TYPE {kind}\r\n").as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).unwrap();
+    let len: usize = (header.trim().strip_prefix('$'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("CLIENT LIST said {header}"));
+    let mut body = vec![0; len + 2];
+    reader.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body[..len])
+        .lines()
+        .map(|client| {
+            let id = client.split(' ').find_map(|f| f.strip_prefix("id="));
+            id.and_then(|id| id.parse().ok())
+                .unwrap_or_else(|| panic!("no id in {client}"))
+        })
+        .collect()
+}
+
+/// Node b stops reading (SIGSTOP) while lines flow, until Redis's own
+/// `client-output-buffer-limit pubsub` cuts its subscription; once on
+/// again, b notices the gap by offset and repairs it from the stream: its
+/// members get every line once, in a's order, and hear of the cut.
+#[test]
+fn a_node_lagging_past_the_pubsub_output_limit_repairs_from_the_stream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let redis = RedisServer::start();
+    // A subscriber more than 32 kB behind, past what the sockets' kernel
+    // buffers hold, is cut at once.
+    let limit = redis.command(r#"CONFIG SET client-output-buffer-limit "pubsub 32kb 16kb 1""#);
+    assert_eq!(limit.trim(), "+OK");
+    // Each node's subscription: the one that appears once it started.
+    let subscribed = |but: &[u64]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let new: Vec<u64> = (client_ids(&redis, "pubsub").into_iter())
+                .filter(|id| !but.contains(id))
+                .collect();
+            match new[..] {
+                [id] => return id,
+                [] if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => panic!("new subscriptions: {new:?}"),
+            }
+        }
+    };
+    // Once on again, b sends its members all it missed at once, megabytes
+    // (Redis's socket buffer alone holds 4 MB): more than the default 1 MiB
+    // a member may leave unread, less than all the lines sent (20 MB).
+    let roomy = ["--max-queue", "67108864"];
+    let a = node_with(&redis, "a", &roomy);
+    let subscribed_a = subscribed(&[]);
+    let b = node_with(&redis, "b", &roomy);
+    let subscribed_b = subscribed(&[subscribed_a]);
+    // Alice and carol send on a; erin listens on a, bob and dave on b.
+    let mut alice = Member::join(a.addr, "alice");
+    let mut carol = Member::join(a.addr, "carol");
+    let mut erin = Member::join(a.addr, "erin");
+    let mut bob = Member::join(b.addr, "bob");
+    let dave = Member::join(b.addr, "dave");
+    // Everyone is in once each hears dave's rename (whatever his old name).
+    for member in [&mut alice, &mut carol, &mut erin, &mut bob] {
+        while !member.line().ends_with(" is now dave") {}
+    }
+    // Senders on a, which reads on while b is stopped; paced for a's
+    // publisher; far fewer lines than a stream's 10,000.
+    const MOST: usize = 2500;
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let speak = |member: &Member, who: &'static str| {
+        let mut writer = member.writer.try_clone().unwrap();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let pad = ".".repeat(4000);
+            let mut i = 0;
+            while i < MOST && !stop.load(Relaxed) {
+                let line = format!("from-{who} {i:04} {pad}\n");
+                writer.write_all(line.as_bytes()).unwrap();
+                sent.fetch_add(1, Relaxed);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            writer
+                .write_all(format!("from-{who} end\n").as_bytes())
+                .unwrap();
+            i
+        })
+    };
+    let talk = [speak(&alice, "alice"), speak(&carol, "carol")];
+    // Every member reads all the while (none is cut as too slow), until it
+    // has each other sender's last line.
+    let listen = |mut member: Member, name: &str, until: &[&'static str]| {
+        let mut left = until.to_vec();
+        let reads = move || {
+            while !left.is_empty() {
+                let line = member.line();
+                left.retain(|end| *end != line);
+            }
+            member
+        };
+        let thread = std::thread::Builder::new().name(name.to_owned());
+        thread.spawn(reads).unwrap()
+    };
+    let ends = ["alice: from-alice end", "carol: from-carol end"];
+    let listening = [
+        listen(alice, "alice", &ends[1..]),
+        listen(carol, "carol", &ends[..1]),
+        listen(erin, "erin", &ends),
+        listen(bob, "bob", &ends),
+        listen(dave, "dave", &ends),
+    ];
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // B lags: the whole node stops, its subscriber reads nothing.
+    signal("-STOP", b.child.id());
+    let stopped_at = sent.load(Relaxed);
+    let mut cut_at = None;
+    while talk.iter().any(|t| !t.is_finished()) {
+        if !client_ids(&redis, "pubsub").contains(&subscribed_b) {
+            cut_at = Some(sent.load(Relaxed));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Redis cut b's subscription while b could not have closed it.
+    let cut_at = cut_at.unwrap_or_else(|| {
+        signal("-CONT", b.child.id());
+        panic!("b's subscription stood through {MOST} lines from each sender")
+    });
+    // Lines b's subscription never carried; then b on again, repairing
+    // while lines go on.
+    std::thread::sleep(Duration::from_millis(300));
+    let resumed_at = sent.load(Relaxed);
+    signal("-CONT", b.child.id());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Relaxed);
+    let counts = talk.map(|t| t.join().unwrap());
+    assert!(resumed_at > cut_at, "no line was sent while b was cut off");
+    let [mut alice, mut carol, mut erin, mut bob, mut dave] = listening.map(|l| l.join().unwrap());
+    // A last line each way, which each node delivers live, after any `*
+    // cluster link back`: the logs then hold every notice.
+    erin.say("over");
+    for member in [&mut alice, &mut carol, &mut bob, &mut dave] {
+        member.wait_for("erin: over");
+    }
+    dave.say("over");
+    erin.wait_for("dave: over");
+    // Every member heard every other's line once, in one order: erin's.
+    // Lines are shown without their pad.
+    let tail = format!(" {}", ".".repeat(4000));
+    let heard = |member: &Member, from: &[&str]| -> Vec<String> {
+        (member.log.iter())
+            .filter(|l| from.iter().any(|who| l.starts_with(&format!("{who}: "))))
+            .map(|l| match l.strip_suffix(&tail) {
+                Some(short) => short.to_owned(),
+                None if l.ends_with(" end") => l.clone(),
+                None => format!("mangled: {}", l.chars().take(60).collect::<String>()),
+            })
+            .collect()
+    };
+    let same = |what: &str, got: Vec<String>, want: &[String]| {
+        if let Some(at) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+            let around = |v: &[String]| v[at.saturating_sub(2)..(at + 3).min(v.len())].to_vec();
+            panic!(
+                "{what}: {} lines, {} wanted; from #{at}: {:?}, wanted {:?}",
+                got.len(),
+                want.len(),
+                around(&got),
+                around(want)
+            );
+        }
+    };
+    let both = ["alice", "carol"];
+    let order = heard(&erin, &both);
+    for (who, n) in both.into_iter().zip(counts) {
+        let sent: Vec<String> = (0..n)
+            .map(|i| format!("{who}: from-{who} {i:04}"))
+            .chain([format!("{who}: from-{who} end")])
+            .collect();
+        same(&format!("{who}'s lines on a"), heard(&erin, &[who]), &sent);
+    }
+    same("on b, bob", heard(&bob, &both), &order);
+    same("on b, dave", heard(&dave, &both), &order);
+    same(
+        "on a, alice",
+        heard(&alice, &both),
+        &heard(&erin, &["carol"]),
+    );
+    same(
+        "on a, carol",
+        heard(&carol, &both),
+        &heard(&erin, &["alice"]),
+    );
+    for member in [&alice, &carol, &erin, &bob, &dave] {
+        let errors: Vec<&String> = member.log.iter().filter(|l| l.starts_with("ERR")).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    // Redis cut b's subscription (it is gone); b subscribed again.
+    let now = client_ids(&redis, "pubsub");
+    assert!(
+        now.len() == 2 && !now.contains(&subscribed_b),
+        "subscriptions before: a {subscribed_a}, b {subscribed_b}; now {now:?}"
+    );
+    let log = |node: common::Binary| {
+        drop(node.child);
+        node.stderr.join().unwrap()
+    };
+    let (log_a, log_b) = (log(a), log(b));
+    let cuts = |log: &str| log.matches("Redis: subscription lost").count();
+    let (cuts_a, cuts_b) = (cuts(&log_a), cuts(&log_b));
+    assert!(cuts_b >= 1, "b: {log_b}");
+    // Members were told of each cut of their node's subscription, and that
+    // it came back: b's once (again if it fell behind as it caught up),
+    // a's never unless a busy machine made it lag too.
+    let notices = |member: &Member| -> Vec<String> {
+        (member.log.iter())
+            .filter_map(|l| l.strip_prefix("* cluster link "))
+            .map(|l| l.split(':').next().unwrap().to_owned())
+            .collect()
+    };
+    for (members, cuts) in [
+        (vec![&alice, &carol, &erin], cuts_a),
+        (vec![&bob, &dave], cuts_b),
+    ] {
+        for member in members {
+            assert_eq!(notices(member), ["lost", "back"].repeat(cuts));
+        }
+    }
+    eprintln!(
+        "b stopped after {stopped_at} lines, cut after {cut_at}, resumed after {resumed_at}, \
+         of {counts:?}; subscriptions lost: a {cuts_a}, b {cuts_b}"
+    );
+}
