@@ -798,3 +798,57 @@ fn a_node_lagging_past_the_pubsub_output_limit_repairs_from_the_stream() {
          of {counts:?}; subscriptions lost: a {cuts_a}, b {cuts_b}"
     );
 }
+
+/// docs/CLUSTER.md's three nodes behind HAProxy, for real: members that
+/// land on different nodes share one room.
+#[test]
+fn three_nodes_behind_haproxy_are_one_chat() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let nodes: Vec<common::Binary> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let args = ["--mode", "chat", "--redis", &url, "--node", name];
+            serve_binary(&[&args[..], &["--proxy-protocol"]].concat())
+        })
+        .collect();
+    let servers: String = (nodes.iter().zip(["a", "b", "c"]))
+        .map(|(node, name)| format!("    server {name} {} send-proxy-v2\n", node.addr))
+        .collect();
+    let balancer = common::Haproxy::start(
+        "cluster-haproxy",
+        &format!("    balance roundrobin\n{servers}"),
+    );
+    let mut members: Vec<Member> = ["ann", "ben", "cat"]
+        .iter()
+        .map(|name| Member::join(balancer.addr, name))
+        .collect();
+    for member in &mut members[..2] {
+        while !member.line().ends_with(" is now cat") {}
+    }
+    members[0].say("/who");
+    members[0].wait_for("* members of lobby: ann, ben, cat");
+    // Each one's line reaches the two others, wherever they are.
+    let names = ["ann", "ben", "cat"];
+    for (i, name) in names.iter().enumerate() {
+        members[i].say(&format!("hello from {name}"));
+        for (j, member) in members.iter_mut().enumerate() {
+            if j != i {
+                member.wait_for(&format!("{name}: hello from {name}"));
+            }
+        }
+    }
+    // Each node served one of them, with the client's real address.
+    drop(members);
+    for node in nodes {
+        let log = proxy_log(node);
+        assert_eq!(log.matches("connection opened").count(), 1, "{log}");
+    }
+}
+
+/// A node's log, once it is killed.
+fn proxy_log(mut node: common::Binary) -> String {
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    node.banner + &node.stderr.join().unwrap()
+}

@@ -6,14 +6,12 @@
 
 mod common;
 
-use common::{KillOnDrop, connect, read_n, read_to_close, send, serve_binary, start};
+use common::{Haproxy, connect, read_n, read_to_close, send, serve_binary, start};
 use sockline::mode::Ack;
 use sockline::server::Access;
 use sockline::{Config, Flow, Output, Protocol, metrics};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -414,94 +412,6 @@ fn the_log_names_the_client_and_a_bad_header_once_with_the_proxy_s_address() {
         assert_eq!(log.matches(&expected).count(), 1, "{expected:?} in:\n{log}");
     }
     assert_eq!(log.matches(&bad.to_string()).count(), 1, "{log}");
-}
-
-/// The haproxy binary: on PATH or where Debian puts it.
-fn haproxy() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/local/sbin".into()]);
-    for dir in dirs {
-        let candidate = dir.join("haproxy");
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "haproxy is not installed: this test runs a real HAProxy in front of sockline; \
-         run scripts/test.sh or .ci/run (they install it), or apt-get install haproxy"
-    );
-}
-
-/// True when something listens on 127.0.0.1:`port` (from /proc/net/tcp,
-/// so that checking opens no connection through the balancer).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A")
-    })
-}
-
-/// A real HAProxy, killed when dropped.
-struct Haproxy {
-    child: KillOnDrop,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Haproxy {
-    /// Runs `haproxy -f CONFIG -db` with `backend` (the lines of a TCP
-    /// backend) behind a frontend on a free port; waits until it listens.
-    fn start(name: &str, backend: &str) -> Haproxy {
-        let binary = haproxy();
-        let port = common::free_port();
-        let dir = std::env::temp_dir().join(format!("sockline-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("haproxy.cfg");
-        let text = format!(
-            "global\n    maxconn 256\n\n\
-             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n\
-             frontend front\n    bind 127.0.0.1:{port}\n    default_backend socklines\n\n\
-             backend socklines\n{backend}"
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut child = KillOnDrop(
-            Command::new(&binary)
-                .arg("-f")
-                .arg(&config)
-                .arg("-db")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display())),
-        );
-        let stderr = common::read_in_background(child.stderr.take().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(port) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("haproxy exited ({status}): {}", stderr.join().unwrap());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "haproxy not listening on {port} after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Haproxy {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.0.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Connects to `to` from `from` (port 0: any), with a read timeout.
