@@ -805,15 +805,26 @@ fn a_node_lagging_past_the_pubsub_output_limit_repairs_from_the_stream() {
 fn three_nodes_behind_haproxy_are_one_chat() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let nodes: Vec<common::Binary> = ["a", "b", "c"]
-        .iter()
-        .map(|name| {
+    // HAProxy checks each node's metrics port: a check on the chat port
+    // would be a member coming and going.
+    let metrics: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let nodes: Vec<common::Binary> = (["a", "b", "c"].iter().zip(&metrics))
+        .map(|(name, metrics)| {
             let args = ["--mode", "chat", "--redis", &url, "--node", name];
-            serve_binary(&[&args[..], &["--proxy-protocol"]].concat())
+            let more = ["--proxy-protocol", "--metrics-listen", metrics];
+            serve_binary(&[&args[..], &more].concat())
         })
         .collect();
-    let servers: String = (nodes.iter().zip(["a", "b", "c"]))
-        .map(|(node, name)| format!("    server {name} {} send-proxy-v2\n", node.addr))
+    let servers: String = (nodes.iter().zip(["a", "b", "c"]).zip(&metrics))
+        .map(|((node, name), metrics)| {
+            let check = metrics.rsplit(':').next().unwrap();
+            format!(
+                "    server {name} {} send-proxy-v2 check port {check} inter 100ms\n",
+                node.addr
+            )
+        })
         .collect();
     let balancer = common::Haproxy::start(
         "cluster-haproxy",
@@ -826,6 +837,8 @@ fn three_nodes_behind_haproxy_are_one_chat() {
     for member in &mut members[..2] {
         while !member.line().ends_with(" is now cat") {}
     }
+    // Health checks came and went meanwhile, and nobody saw them.
+    std::thread::sleep(Duration::from_millis(500));
     members[0].say("/who");
     members[0].wait_for("* members of lobby: ann, ben, cat");
     // Each one's line reaches the two others, wherever they are.

@@ -17,7 +17,7 @@
 //! | when | line |
 //! |---|---|
 //! | connected | `* welcome NAME, /help lists commands`, then the lobby's history |
-//! | `/nick NEW` | `* you are now NEW` |
+//! | `/nick NEW` | `* you are now NEW` (`ERR nick taken` if someone has it, ignoring case, or if it starts with `user-`: those are the server's default names) |
 //! | `/join ROOM` | `* you joined ROOM`, then the room's history |
 //! | `/who` | `* members of ROOM: a, b, c` (sorted, ignoring case) |
 //! | `/rooms` | `* rooms: lobby (3), dev (1)` (most members first; only rooms with members) |
@@ -39,6 +39,11 @@
 //! `A-Za-z0-9_-`, so no member can start a line with `* `: `/me left (too
 //! slow)` reaches the room as `~ bob left (too slow)`, which cannot pass
 //! for the server saying that bob was dropped.
+//!
+//! With rooms that span several servers ([`RedisRooms`]), names are
+//! unique across all of them, `/who`, `/rooms` and `/msg` answer for all
+//! of them, and a member waits for the answer to `/nick`, `/who`, `/rooms`
+//! and `/msg` before its next lines are read ([`Flow::Wait`]).
 //!
 //! # History
 //!
