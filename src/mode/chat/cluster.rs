@@ -344,13 +344,14 @@ impl Rooms for RedisRooms {
                 return Some(Settled::Taken { member: out.id() });
             }
             ClusterEvent::Renamed { member, name } => return self.renamed(member, name),
+            ClusterEvent::Reenter => {}
             ClusterEvent::Users { first, last } => {
                 self.asked_users = false;
                 if first <= last {
                     self.users = (first, last);
                 }
             }
-            ClusterEvent::Reenter => {
+            ClusterEvent::Reenter if !self.departed => {
                 for (&from, (name, room)) in &self.present {
                     let (room, name) = (room.clone(), name.clone());
                     if !self.submit(Op::Enter { room, from, name }) {

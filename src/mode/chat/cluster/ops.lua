@@ -26,7 +26,7 @@ local function split(s)
 end
 
 -- An op retried after its reply was lost: the answer it had, not a second run.
-local queries = { who = true, rooms = true, msg = true, users = false }
+local queries = { who = true, rooms = true }
 if not queries[op] then
   local sent = redis.call('HGET', P .. 'sent', node)
   if sent then
@@ -140,11 +140,13 @@ elseif op == 'rooms' then
 elseif op == 'msg' then
   -- to, line: 'none' (no such member), 'lost' (its node is not listening) or 'ok'
   local m = member(ARGV[8])
-  if not m then return 'none' end
-  if redis.call('PUBLISH', P .. 'node:' .. m[1], m[2] .. '\t' .. ARGV[9]) == 0 then
-    return 'lost'
+  if not m then
+    result = 'none'
+  elseif redis.call('PUBLISH', P .. 'node:' .. m[1], m[2] .. '\t' .. ARGV[9]) == 0 then
+    result = 'lost'
+  else
+    result = 'ok'
   end
-  return 'ok'
 elseif op == 'users' then
   -- n: the last of n fresh user-N numbers
   return redis.call('INCRBY', P .. 'users', ARGV[8])
