@@ -344,7 +344,6 @@ impl Rooms for RedisRooms {
                 return Some(Settled::Taken { member: out.id() });
             }
             ClusterEvent::Renamed { member, name } => return self.renamed(member, name),
-            ClusterEvent::Reenter => {}
             ClusterEvent::Users { first, last } => {
                 self.asked_users = false;
                 if first <= last {
@@ -359,6 +358,8 @@ impl Rooms for RedisRooms {
                     }
                 }
             }
+            // Shutting down: its members are leaving.
+            ClusterEvent::Reenter => {}
         }
         None
     }
