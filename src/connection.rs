@@ -41,6 +41,12 @@
 //! [`State`] is that picture; a new stage (a WebSocket upgrade, a child
 //! process) is one more state.
 //!
+//! Within `Open`, answering pauses in two cases, both limits of the inbox
+//! rather than stages of a life: the line budget is spent (`--rate`), or
+//! the protocol waits for an answer from outside the loop
+//! ([`Flow::Wait`], until mail for the connection says go on). Either way
+//! its next lines stay unread, behind TCP backpressure.
+//!
 //! With the PROXY protocol, the header comes before anything else (before
 //! TLS too) and only the header is read: the connection peeks at its
 //! socket until [`proxy::parse`] finds a whole header, then takes exactly
