@@ -531,7 +531,7 @@ impl<S> Connection<S> {
 
     /// Writes what is pending, without reading. Call after [`deliver`](Self::deliver).
     pub fn flush_only(&mut self) -> Status {
-        match self.outbox.flush(&mut self.stream, self.framing) {
+        match self.outbox.flush(&mut self.stream) {
             Ok(true) => match self.state {
                 State::Closing { why, .. } => Status::Close(why),
                 State::Refusing => Status::Close(CloseReason::Protocol),
@@ -575,7 +575,7 @@ impl<S> Connection<S> {
     ) -> Status {
         let mut reads = 0;
         loop {
-            match self.outbox.flush(&mut self.stream, self.framing) {
+            match self.outbox.flush(&mut self.stream) {
                 Ok(true) => {}
                 Ok(false) => return Status::Wait { want_write: true },
                 Err(why) => return Status::Close(why),

@@ -9,11 +9,17 @@
 //! the bytes around a shared payload as separate buffers, so a message
 //! leaves by a vectored write without being copied per recipient.
 //!
-//! Line framing is the only one today; another (WebSocket's frames) is
-//! another variant of [`Framing`], chosen per connection.
+//! Two framings, chosen per connection: lines (TCP) and WebSocket messages
+//! ([`websocket`], after an HTTP upgrade on the `--web` listener). A
+//! WebSocket message is one line; its frames are parsed by the connection,
+//! which has the state reassembly and control frames need.
 //!
 //! [`Protocol`]: crate::Protocol
 //! [`Message`]: crate::Message
+
+pub mod websocket;
+
+use websocket::Header;
 
 /// A frame at the start of received bytes, or why there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +37,7 @@ pub enum Decoded<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wrapping {
     /// Before the payload (a frame header; empty for lines).
-    pub before: &'static [u8],
+    pub before: Header,
     /// After the payload (the terminator).
     pub after: &'static [u8],
 }
@@ -43,20 +49,21 @@ pub enum Framing {
     /// of a received line.
     #[default]
     Line,
+    /// WebSocket messages (RFC 6455): one message, one line. Sent as text
+    /// when the payload is UTF-8, as binary otherwise.
+    WebSocket,
 }
 
 impl Framing {
-    /// The first frame in `data`, whose payload may hold at most `max`
-    /// bytes.
+    /// The first line in `data`, which may hold at most `max` bytes (line
+    /// framing; WebSocket frames are parsed by [`websocket::parse`]).
     pub fn decode(self, data: &[u8], max: usize) -> Decoded<'_> {
-        match self {
-            Framing::Line => match split_line(data) {
-                Some((line, used)) if line.len() > max => Decoded::TooLong(used),
-                Some((line, used)) => Decoded::Frame(line, used),
-                // One byte over for a `\r` whose `\n` has not arrived yet.
-                None if data.len() > max + 1 => Decoded::TooLong(data.len()),
-                None => Decoded::Incomplete,
-            },
+        match split_line(data) {
+            Some((line, used)) if line.len() > max => Decoded::TooLong(used),
+            Some((line, used)) => Decoded::Frame(line, used),
+            // One byte over for a `\r` whose `\n` has not arrived yet.
+            None if data.len() > max + 1 => Decoded::TooLong(data.len()),
+            None => Decoded::Incomplete,
         }
     }
 
@@ -68,15 +75,23 @@ impl Framing {
                 out.extend_from_slice(payload);
                 out.push(b'\n');
             }
+            Framing::WebSocket => {
+                out.extend_from_slice(Header::data(payload).as_slice());
+                out.extend_from_slice(payload);
+            }
         }
     }
 
-    /// What goes around a payload of `len` bytes.
-    pub fn wrap(self, _len: usize) -> Wrapping {
+    /// What goes around `payload`.
+    pub fn wrap(self, payload: &[u8]) -> Wrapping {
         match self {
             Framing::Line => Wrapping {
-                before: b"",
+                before: Header::NONE,
                 after: b"\n",
+            },
+            Framing::WebSocket => Wrapping {
+                before: Header::data(payload),
+                after: b"",
             },
         }
     }
@@ -116,7 +131,15 @@ mod tests {
         Framing::Line.encode(b"hello", &mut out);
         assert_eq!(out, b"x\nhello\n");
         assert_eq!(Framing::Line.frame(b"ERR full"), b"ERR full\n");
-        let wrapping = Framing::Line.wrap(5);
-        assert_eq!((wrapping.before, wrapping.after), (&b""[..], &b"\n"[..]));
+        let wrapping = Framing::Line.wrap(b"hello");
+        assert_eq!(
+            (wrapping.before.as_slice(), wrapping.after),
+            (&b""[..], &b"\n"[..])
+        );
+        let mut out = Vec::new();
+        Framing::WebSocket.encode(b"hello", &mut out);
+        assert_eq!(out, b"\x81\x05hello");
+        let wrapping = Framing::WebSocket.wrap(b"\xff");
+        assert_eq!(wrapping.before.as_slice(), b"\x82\x01");
     }
 }

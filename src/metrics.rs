@@ -28,7 +28,7 @@ pub struct Counts {
 }
 
 /// Close reasons in the order they are exposed.
-const CLOSES: [CloseReason; 10] = [
+const CLOSES: [CloseReason; 11] = [
     CloseReason::Protocol,
     CloseReason::Client,
     CloseReason::Reset,
@@ -39,6 +39,7 @@ const CLOSES: [CloseReason; 10] = [
     CloseReason::Error,
     CloseReason::Tls,
     CloseReason::Handshake,
+    CloseReason::Malformed,
 ];
 
 /// Refusals in the order they are exposed.
@@ -82,6 +83,7 @@ struct ByClose {
     error: AtomicU64,
     tls: AtomicU64,
     handshake: AtomicU64,
+    malformed: AtomicU64,
 }
 
 impl ByClose {
@@ -97,6 +99,7 @@ impl ByClose {
             CloseReason::Error => &self.error,
             CloseReason::Tls => &self.tls,
             CloseReason::Handshake => &self.handshake,
+            CloseReason::Malformed => &self.malformed,
         }
     }
 }

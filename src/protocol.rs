@@ -105,6 +105,9 @@ pub enum CloseReason {
     Tls,
     /// The TLS handshake did not finish within its timeout.
     Handshake,
+    /// A WebSocket frame broke the protocol (unmasked, out of order, a
+    /// text message that is not UTF-8, ...).
+    Malformed,
 }
 
 impl CloseReason {
@@ -118,6 +121,7 @@ impl CloseReason {
                 | CloseReason::TooLong
                 | CloseReason::Idle
                 | CloseReason::Shutdown
+                | CloseReason::Malformed
         )
     }
 
@@ -134,6 +138,7 @@ impl CloseReason {
             CloseReason::Error => "connection_error",
             CloseReason::Tls => "tls_error",
             CloseReason::Handshake => "tls_handshake_timeout",
+            CloseReason::Malformed => "malformed_frame",
         }
     }
 
@@ -150,6 +155,7 @@ impl CloseReason {
             CloseReason::Error => "connection error",
             CloseReason::Tls => "TLS error",
             CloseReason::Handshake => "TLS handshake timeout",
+            CloseReason::Malformed => "malformed frame",
         }
     }
 }

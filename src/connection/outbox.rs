@@ -8,7 +8,7 @@
 //! recipient without a copy. Once mail waits, later replies queue behind it,
 //! to keep the order things were said in.
 
-use crate::framing::Framing;
+use crate::framing::{Framing, Wrapping};
 use crate::metrics::Counts;
 use crate::protocol::{CloseReason, Message};
 use crate::transport::Transport;
@@ -48,26 +48,24 @@ struct Mail {
 
 /// One item of [`Mail`].
 enum Part {
-    /// A shared payload: the framing goes around it when it is written.
-    Message(Message),
+    /// A shared payload, and the framing that goes around it when it is
+    /// written.
+    Message(Message, Wrapping),
     /// Replies already framed, queued behind messages.
     Framed(Message),
 }
 
 impl Part {
     /// Its bytes as they go on the wire, as up to three buffers.
-    fn wire(&self, framing: Framing) -> [&[u8]; 3] {
+    fn wire(&self) -> [&[u8]; 3] {
         match self {
-            Part::Message(msg) => {
-                let wrapping = framing.wrap(msg.len());
-                [wrapping.before, msg, wrapping.after]
-            }
+            Part::Message(msg, wrapping) => [wrapping.before.as_slice(), msg, wrapping.after],
             Part::Framed(bytes) => [bytes, &[], &[]],
         }
     }
 
-    fn wire_len(&self, framing: Framing) -> usize {
-        self.wire(framing).iter().map(|part| part.len()).sum()
+    fn wire_len(&self) -> usize {
+        self.wire().iter().map(|part| part.len()).sum()
     }
 }
 
@@ -126,15 +124,16 @@ impl Outbox {
         msg: Message,
         max_queue: usize,
     ) -> bool {
-        let part = Part::Message(msg);
+        let wrapping = framing.wrap(&msg);
+        let part = Part::Message(msg, wrapping);
         let mail = self.mail.get_or_insert_with(Box::default);
-        mail.bytes += part.wire_len(framing);
+        mail.bytes += part.wire_len();
         mail.queue.push_back(part);
         if mail.bytes <= max_queue {
             return true;
         }
         // A socket error shows again on the next flush.
-        let _ = self.flush(stream, framing);
+        let _ = self.flush(stream);
         self.mail
             .as_ref()
             .is_none_or(|mail| mail.bytes <= max_queue)
@@ -142,7 +141,7 @@ impl Outbox {
 
     /// Writes replies, then mail, in as few vectored writes as the socket
     /// takes. True when nothing is left.
-    pub fn flush(&mut self, stream: &mut Transport, framing: Framing) -> Result<bool, CloseReason> {
+    pub fn flush(&mut self, stream: &mut Transport) -> Result<bool, CloseReason> {
         loop {
             match stream.flush_tls() {
                 Ok(true) => {}
@@ -161,7 +160,7 @@ impl Outbox {
             if let Some(mail) = &self.mail {
                 let mut skip = mail.head;
                 'parts: for part in &mail.queue {
-                    for bytes in part.wire(framing) {
+                    for bytes in part.wire() {
                         let cut = skip.min(bytes.len());
                         skip -= cut;
                         let bytes = &bytes[cut..];
@@ -198,12 +197,12 @@ impl Outbox {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(super::error_reason(&e)),
             };
-            self.consume(written, framing);
+            self.consume(written);
         }
     }
 
     /// Drops `n` written bytes from the front of replies, then mail.
-    fn consume(&mut self, mut n: usize, framing: Framing) {
+    fn consume(&mut self, mut n: usize) {
         self.wrote |= n > 0;
         let from_replies = n.min(self.replies.len());
         self.replies.drain(..from_replies);
@@ -214,7 +213,7 @@ impl Outbox {
         let Some(mail) = &mut self.mail else { return };
         mail.bytes -= n;
         while n > 0 {
-            let left = mail.queue[0].wire_len(framing) - mail.head;
+            let left = mail.queue[0].wire_len() - mail.head;
             if n < left {
                 mail.head += n;
                 return;
