@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a line protocol to many clients at once.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Talk to a line server interactively: send stdin lines, print replies.
     Connect(ConnectArgs),
     /// Load a line server and measure it, like redis-benchmark for any line
@@ -92,6 +92,16 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also listen for browsers at ADDR: GET / is a chat page, GET /ws a
+    /// WebSocket whose messages are lines, in the same rooms and under the
+    /// same limits as TCP clients (HTTPS and WSS with --tls).
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<SocketAddr>,
+    /// A page origin allowed to open a WebSocket (e.g.
+    /// https://chat.example.com; * for any); repeatable. Default: pages
+    /// from the host the browser connected to.
+    #[arg(long, value_name = "ORIGIN", requires = "web")]
+    pub web_origin: Vec<String>,
     /// How log lines look.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

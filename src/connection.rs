@@ -58,16 +58,18 @@ mod inbox;
 mod outbox;
 
 use crate::admission::Refusal;
-use crate::framing::Framing;
+use crate::framing::{Framing, websocket};
 use crate::metrics::Counts;
 use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::proxy::{self, Parsed};
 use crate::transport::Transport;
+use crate::web::{self, Origins};
 use inbox::{Answered, Answerer, Inbox};
 use mio::net::TcpStream;
 use outbox::Outbox;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use crate::framing::split_line;
 
@@ -158,6 +160,11 @@ enum State<S> {
     /// Before the protocol may talk: a TLS handshake under way. A client
     /// refused at accept gets its reason once the handshake is done.
     Handshake { refusal: Option<Refusal> },
+    /// On the `--web` listener: reading the HTTP request, which is answered
+    /// with the page or an error (then `Closing`), or upgraded to
+    /// WebSocket (then back through `Handshake`, done, with the WebSocket
+    /// framing: the session opens, or a refused client gets its reason).
+    Http { refusal: Option<Refusal> },
     /// Refused at accept: sending the reason, then the server closes it.
     /// It never had a session.
     Refusing,
@@ -216,10 +223,28 @@ impl<S> State<S> {
             State::Proxy { .. }
             | State::Admitting
             | State::Handshake { .. }
+            | State::Http { .. }
             | State::Refusing
             | State::Lingering { .. } => None,
         }
     }
+}
+
+/// An accepted stream, and what the server decided about it.
+pub struct Accepted {
+    /// Its name in the event loop.
+    pub id: ConnId,
+    /// The stream (TLS or not).
+    pub stream: Transport,
+    /// The client's address (the proxy's, until a PROXY header says).
+    pub peer: SocketAddr,
+    /// Refused at accept: told why as soon as it can be.
+    pub refusal: Option<Refusal>,
+    /// Lines per sweep it may have answered (`--max-lines-per-sec`).
+    pub budget: Option<u32>,
+    /// From the `--web` listener: HTTP first, then WebSocket, for pages
+    /// from these origins.
+    pub web: Option<Arc<Origins>>,
 }
 
 /// A client connection.
@@ -228,6 +253,8 @@ pub struct Connection<S> {
     stream: Transport,
     peer: SocketAddr,
     framing: Framing,
+    /// From the `--web` listener (see [`Accepted::web`]).
+    web: Option<Arc<Origins>>,
     state: State<S>,
     /// Sweeps since the last complete line (lingering: since the client
     /// last sent anything).
@@ -238,18 +265,16 @@ pub struct Connection<S> {
 
 impl<S> Connection<S> {
     /// Wraps an accepted stream; runs the protocol's greeting (for TLS,
-    /// once the handshake is done), or for a client refused at accept,
-    /// sends it `refusal`'s reason instead.
+    /// once the handshake is done; on the web listener, once the HTTP
+    /// upgrade is done), or for a client refused at accept, sends it the
+    /// refusal's reason instead.
     pub fn open<P: Protocol<Session = S>>(
-        refusal: Option<Refusal>,
-        budget: Option<u32>,
-        id: ConnId,
-        stream: Transport,
-        peer: SocketAddr,
+        accepted: Accepted,
         proto: &mut P,
         scratch: &mut Scratch,
     ) -> Self {
-        let mut conn = Connection::new(State::Handshake { refusal }, budget, id, stream, peer);
+        let refusal = accepted.refusal;
+        let mut conn = Connection::new(State::Handshake { refusal }, accepted);
         conn.greet(proto, scratch);
         conn
     }
@@ -260,35 +285,27 @@ impl<S> Connection<S> {
     /// thrown away with the rest), over TLS once its header and handshake
     /// are done.
     pub fn proxied<P: Protocol<Session = S>>(
-        refusal: Option<Refusal>,
-        budget: Option<u32>,
-        id: ConnId,
-        stream: Transport,
-        peer: SocketAddr,
+        accepted: Accepted,
         proto: &mut P,
         scratch: &mut Scratch,
     ) -> Self {
-        if refusal.is_some() && !stream.is_tls() {
-            return Connection::open(refusal, budget, id, stream, peer, proto, scratch);
+        let refusal = accepted.refusal;
+        if refusal.is_some() && !accepted.stream.is_tls() && accepted.web.is_none() {
+            return Connection::open(accepted, proto, scratch);
         }
-        Connection::new(State::Proxy { refusal }, budget, id, stream, peer)
+        Connection::new(State::Proxy { refusal }, accepted)
     }
 
-    fn new(
-        state: State<S>,
-        budget: Option<u32>,
-        id: ConnId,
-        stream: Transport,
-        peer: SocketAddr,
-    ) -> Self {
+    fn new(state: State<S>, accepted: Accepted) -> Self {
         Connection {
-            id,
-            stream,
-            peer,
+            id: accepted.id,
+            stream: accepted.stream,
+            peer: accepted.peer,
             framing: Framing::default(),
+            web: accepted.web,
             state,
             idle: 0,
-            inbox: Inbox::new(budget.unwrap_or(u32::MAX)),
+            inbox: Inbox::new(accepted.budget.unwrap_or(u32::MAX)),
             outbox: Outbox::default(),
         }
     }
@@ -317,11 +334,26 @@ impl<S> Connection<S> {
         if self.stream.handshaking() {
             return;
         }
+        if self.web.is_some() && self.framing == Framing::Line {
+            // HTTP first; the upgrade comes back here.
+            self.state = State::Http { refusal };
+            return;
+        }
         scratch.output.clear();
         match refusal {
             Some(why) => {
                 self.state = State::Refusing;
-                self.framing.encode(&why.line(), &mut scratch.output);
+                match self.framing {
+                    Framing::Line => self.framing.encode(&why.line(), &mut scratch.output),
+                    Framing::WebSocket => {
+                        websocket::close(
+                            websocket::code::POLICY,
+                            why.reason(),
+                            &mut scratch.output,
+                        );
+                        self.inbox.closed = true;
+                    }
+                }
                 self.send(scratch);
                 // Never admitted, never served: its line is no output.
                 scratch.counts.bytes_out -= scratch.output.len() as u64;
@@ -370,12 +402,17 @@ impl<S> Connection<S> {
         }
     }
 
-    /// True before the protocol may talk: while the PROXY header is read
-    /// or a TLS handshake is under way.
+    /// True for a connection from the `--web` listener.
+    pub fn is_web(&self) -> bool {
+        self.web.is_some()
+    }
+
+    /// True before the protocol may talk: while the PROXY header is read,
+    /// a TLS handshake is under way or an HTTP request is read.
     pub fn handshaking(&self) -> bool {
         matches!(
             self.state,
-            State::Proxy { .. } | State::Admitting | State::Handshake { .. }
+            State::Proxy { .. } | State::Admitting | State::Handshake { .. } | State::Http { .. }
         )
     }
 
@@ -404,6 +441,7 @@ impl<S> Connection<S> {
     /// kernel reset the connection and drop replies still on their way.
     /// Buffers are freed; the session is handed back to be closed.
     pub fn linger(&mut self) -> Option<S> {
+        self.close_frame();
         self.stream.shutdown_write();
         let session = self.state.take_session(CloseReason::Error);
         self.state = State::Lingering { discarded: 0 };
@@ -440,7 +478,7 @@ impl<S> Connection<S> {
         scratch: &mut Scratch,
         unread: Option<u64>,
     ) {
-        if let State::Proxy { .. } | State::Admitting = self.state {
+        if let State::Proxy { .. } | State::Admitting | State::Http { .. } = self.state {
             // Never served: nothing to answer, just close.
             self.state = State::Closing {
                 session: None,
@@ -556,6 +594,7 @@ impl<S> Connection<S> {
             State::Lingering { .. } => return self.discard(scratch),
             State::Proxy { refusal } => return self.proxy_header(refusal, scratch, hup),
             State::Admitting => return Status::Wait { want_write: false },
+            State::Http { refusal } => return self.http(refusal, proto, scratch, max_line, hup),
             _ => {}
         }
         scratch.budget = self.inbox.budget;
@@ -620,6 +659,12 @@ impl<S> Connection<S> {
         };
         let read = self.stream.read(&mut scratch.input[..want]);
         self.greet(proto, scratch);
+        if let (State::Http { refusal }, Ok(n)) = (&self.state, &read) {
+            // The TLS handshake just ended on the web listener: HTTP.
+            let (refusal, n) = (*refusal, *n);
+            self.inbox.hold(&scratch.input[..n]);
+            return Some(self.http(refusal, proto, scratch, max_line, hup));
+        }
         match read {
             Ok(0) => {
                 self.inbox.end_of_stream(self.framing);
@@ -677,6 +722,94 @@ impl<S> Connection<S> {
                 Some(Status::Close(error_reason(&e)))
             }
         }
+    }
+
+    /// Reads and answers the HTTP request on the web listener: the page
+    /// or an error, then the connection closes; or the WebSocket upgrade,
+    /// then the session opens (or a refused client gets its close frame)
+    /// and any bytes after the request are its first frames.
+    fn http<P: Protocol<Session = S>>(
+        &mut self,
+        refusal: Option<Refusal>,
+        proto: &mut P,
+        scratch: &mut Scratch,
+        max_line: usize,
+        hup: bool,
+    ) -> Status {
+        let origins = self.web.clone().unwrap_or_default();
+        let (request, used) = loop {
+            if let Some(parsed) = web::parse(self.inbox.held(), &origins) {
+                break parsed;
+            }
+            match self.stream.read(&mut scratch.input) {
+                Ok(0) => return Status::Close(CloseReason::Client),
+                Ok(n) => {
+                    scratch.counts.bytes_in += n as u64;
+                    self.inbox.hold(&scratch.input[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return match hup {
+                        true => Status::Close(CloseReason::Client),
+                        false => Status::Wait { want_write: false },
+                    };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Status::Close(error_reason(&e)),
+            }
+        };
+        self.inbox.take_held(used);
+        scratch.output.clear();
+        let refused = refusal.map(|why| why.reason());
+        scratch.output.extend(web::response(&request, refused));
+        self.send(scratch);
+        // An answer, not output of the protocol's.
+        scratch.counts.bytes_out -= scratch.output.len() as u64;
+        match request {
+            web::Request::Upgrade(_) => {
+                tracing::debug!(peer = %self.peer, "WebSocket upgrade");
+                self.framing = Framing::WebSocket;
+                self.state = State::Handshake { refusal };
+                self.greet(proto, scratch);
+                self.inbox.backlog = !self.inbox.held().is_empty();
+            }
+            web::Request::Page => {
+                self.inbox.clear();
+                self.state = State::Closing {
+                    session: None,
+                    why: CloseReason::Protocol,
+                };
+            }
+            web::Request::Error(code, _, why) => {
+                tracing::debug!(peer = %self.peer, "HTTP {code}: {why}");
+                self.inbox.clear();
+                self.state = State::Closing {
+                    session: None,
+                    why: CloseReason::Malformed,
+                };
+            }
+        }
+        self.work(proto, scratch, max_line, hup)
+    }
+
+    /// A WebSocket connection the server ends says so with a close frame
+    /// (unless one went out already), when nothing else is pending.
+    fn close_frame(&mut self) {
+        if self.framing != Framing::WebSocket || self.inbox.closed || self.has_pending() {
+            return;
+        }
+        let (code, reason) = match self.state.ending() {
+            Some(CloseReason::Shutdown) => (websocket::code::GOING_AWAY, "server shutting down"),
+            Some(CloseReason::TooLong) => (websocket::code::TOO_BIG, "message too long"),
+            Some(CloseReason::TooSlow) => (websocket::code::POLICY, "too slow"),
+            Some(CloseReason::Idle) => (websocket::code::NORMAL, "idle timeout"),
+            _ => (websocket::code::NORMAL, ""),
+        };
+        let mut frame = Vec::new();
+        websocket::close(code, reason, &mut frame);
+        self.inbox.closed = true;
+        // A fresh socket buffer takes a few bytes; if not, no frame.
+        let _ = self.stream.write(&frame);
+        let _ = self.stream.flush_tls();
     }
 
     /// Reads the PROXY header, and only the header: peeks until the socket

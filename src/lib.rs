@@ -69,6 +69,7 @@ pub mod server;
 pub mod shutdown;
 pub mod tls;
 pub mod transport;
+pub mod web;
 
 pub use mailbox::Mailbox;
 pub use protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Connect(args) => {
             sockline::client::run(&args.addr, args.timeout, args.tls().as_ref(), args.raw)
                 .map_err(anyhow::Error::from)
@@ -74,6 +74,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         handshake_timeout: args.tls_handshake_timeout,
         write_timeout: Some(args.write_timeout).filter(|t| !t.is_zero()),
         proxy_protocol: args.proxy_protocol,
+        web_origins: sockline::web::Origins {
+            allowed: args.web_origin.clone(),
+        },
     };
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
@@ -87,13 +90,32 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let addr = listener.local_addr()?;
     eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
+    let listeners = Listeners {
+        lines: listener,
+        web: match args.web {
+            Some(at) => {
+                let web = server::bind(at).with_context(|| format!("cannot listen on {at}"))?;
+                let scheme = if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                eprintln!(
+                    "sockline: web listening on {} ({scheme}://{0}/)",
+                    web.local_addr()?
+                );
+                Some(web)
+            }
+            None => None,
+        },
+    };
     match args.mode {
-        Mode::Ack => server::run(listener, mode::Ack, config, shutdown),
-        Mode::Echo => server::run(listener, mode::Echo, config, shutdown),
+        Mode::Ack => listeners.run(mode::Ack, config, shutdown),
+        Mode::Echo => listeners.run(mode::Echo, config, shutdown),
         Mode::Chat => {
             let rooms = mode::LocalRooms::new(args.history).history_rooms(args.history_rooms);
             match &args.redis {
-                None => server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown),
+                None => listeners.run(mode::Chat::with_rooms(rooms), config, shutdown),
                 Some(url) => {
                     let node = args.node.clone().unwrap_or_else(default_node);
                     eprintln!("sockline: chat rooms through Redis at {url}, as node {node}");
@@ -101,12 +123,32 @@ fn serve(args: ServeArgs) -> Result<()> {
                     if let Some(certs) = redis_tls {
                         rooms = rooms.tls(certs);
                     }
-                    server::run(listener, mode::Chat::with_rooms(rooms), config, shutdown)
+                    listeners.run(mode::Chat::with_rooms(rooms), config, shutdown)
                 }
             }
         }
     }
     .context("server failed")
+}
+
+/// The lines listener, and the web one if asked for.
+struct Listeners {
+    lines: std::net::TcpListener,
+    web: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn run<P: sockline::Protocol>(
+        self,
+        proto: P,
+        config: Config,
+        shutdown: Shutdown,
+    ) -> std::io::Result<()> {
+        match self.web {
+            None => server::run(self.lines, proto, config, shutdown),
+            Some(web) => server::run_with_web(self.lines, web, proto, config, shutdown),
+        }
+    }
 }
 
 /// A node name unique enough: this host's name and this process's id.

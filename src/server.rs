@@ -14,7 +14,7 @@
 pub use crate::admission::Access;
 
 use crate::admission::{Admission, Refusal};
-use crate::connection::{Connection, Scratch, Status};
+use crate::connection::{Accepted, Connection, Scratch, Status};
 use crate::framing::Framing;
 use crate::kernel;
 use crate::mailbox::{self, Letterbox, Mail};
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ConnId, Protocol};
 use crate::shutdown::Shutdown;
 use crate::transport::Transport;
+use crate::web::Origins;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -70,6 +71,9 @@ pub struct Config {
     /// `max_conns`, and has `handshake_timeout` to send it (and finish
     /// its TLS handshake, if any).
     pub proxy_protocol: bool,
+    /// Pages that may open a WebSocket on the web listener
+    /// ([`run_with_web`]).
+    pub web_origins: Origins,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             write_timeout: Some(Duration::from_secs(30)),
             proxy_protocol: false,
+            web_origins: Origins::default(),
         }
     }
 }
@@ -113,6 +118,8 @@ const LINGER_QUIET: Duration = Duration::from_secs(5);
 const LINGER_TIME: Duration = Duration::from_secs(30);
 
 const LISTENER: Token = Token(usize::MAX - 1);
+/// The `--web` listener: HTTP, then WebSocket.
+const WEB: Token = Token(usize::MAX - 3);
 /// The `out.id()` of mail for the loop as a whole: no connection.
 const NOBODY: ConnId = ConnId::nobody();
 const WAKER: Token = Token(usize::MAX - 2);
@@ -142,7 +149,34 @@ pub fn run<P: Protocol>(
     config: Config,
     shutdown: Shutdown,
 ) -> io::Result<()> {
+    serve(listener, None, proto, config, shutdown)
+}
+
+/// [`run`], with a second listener, `web`, whose clients speak HTTP: the
+/// chat page ([`crate::web::PAGE`]) or a WebSocket upgrade, after which
+/// each WebSocket message is a line, on the same event loops and under the
+/// same limits as the lines of `listener`'s clients.
+pub fn run_with_web<P: Protocol>(
+    listener: std::net::TcpListener,
+    web: std::net::TcpListener,
+    proto: P,
+    config: Config,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    serve(listener, Some(web), proto, config, shutdown)
+}
+
+fn serve<P: Protocol>(
+    listener: std::net::TcpListener,
+    web: Option<std::net::TcpListener>,
+    proto: P,
+    config: Config,
+    shutdown: Shutdown,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    if let Some(web) = &web {
+        web.set_nonblocking(true)?;
+    }
     let workers = match config.workers {
         _ if P::ONE_LOOP => 1,
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -160,14 +194,16 @@ pub fn run<P: Protocol>(
     let mut loops = Vec::with_capacity(workers);
     for _ in 0..workers {
         let listener = listener.try_clone()?;
+        let web = web.as_ref().map(|web| web.try_clone()).transpose()?;
         loops.push(Worker::new(
-            listener,
+            [Some(listener), web],
             proto.clone(),
             shared.clone(),
             &shutdown,
         )?);
     }
     drop(listener);
+    drop(web);
     let threads: Vec<_> = loops
         .into_iter()
         .enumerate()
@@ -210,7 +246,11 @@ impl Shared {
 
 struct Worker<P: Protocol> {
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// The lines listener, and the web listener if any; `None` once
+    /// closed (shutdown).
+    listeners: [Option<TcpListener>; 2],
+    /// Who may open a WebSocket on the web listener.
+    origins: Arc<Origins>,
     conns: Slab<Entry<P::Session>>,
     proto: P,
     shared: Arc<Shared>,
@@ -264,15 +304,21 @@ enum Standing {
 
 impl<P: Protocol> Worker<P> {
     fn new(
-        listener: std::net::TcpListener,
+        listeners: [Option<std::net::TcpListener>; 2],
         proto: P,
         shared: Arc<Shared>,
         shutdown: &Shutdown,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::from_std(listener);
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let listeners = listeners.map(|listener| listener.map(TcpListener::from_std));
+        let mut listeners = listeners;
+        for (listener, token) in listeners.iter_mut().zip([LISTENER, WEB]) {
+            if let Some(listener) = listener {
+                poll.registry()
+                    .register(listener, token, Interest::READABLE)?;
+            }
+        }
+        let origins = Arc::new(shared.config.web_origins.clone());
         let waker = Waker::new(poll.registry(), WAKER)?;
         let (mailbox, letterbox) = mailbox::mailbox(waker, mailbox::CAPACITY);
         shutdown.watch(letterbox.bell());
@@ -281,7 +327,8 @@ impl<P: Protocol> Worker<P> {
         let budget = Sweep::new(&shared.config).budget;
         Ok(Worker {
             poll,
-            listener: Some(listener),
+            listeners,
+            origins,
             conns: Slab::new(),
             proto,
             shared,
@@ -347,7 +394,8 @@ impl<P: Protocol> Worker<P> {
             self.take_mail();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept_on(false),
+                    WEB => self.accept_on(true),
                     WAKER => {}
                     Token(key) => {
                         let Some(entry) = self.conns.get(key) else {
@@ -367,13 +415,20 @@ impl<P: Protocol> Worker<P> {
         }
     }
 
+    /// Takes the connections waiting on both listeners.
     fn accept(&mut self) {
+        self.accept_on(false);
+        self.accept_on(true);
+    }
+
+    /// Takes the connections waiting on the lines listener, or the web one.
+    fn accept_on(&mut self, web: bool) {
         while self.accept_at.is_none() {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = &self.listeners[usize::from(web)] else {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, web),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_resources(&e) => {
                     tracing::warn!(
@@ -388,7 +443,7 @@ impl<P: Protocol> Worker<P> {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, web: bool) {
         let shared = &self.shared;
         let proxied = shared.config.proxy_protocol;
         let mut refusal = None;
@@ -405,7 +460,10 @@ impl<P: Protocol> Worker<P> {
                 true => tracing::info!(proxy = %peer, "refused: {}", why.reason()),
                 false => tracing::info!(%peer, "refused: {}", why.reason()),
             }
-            if shared.config.tls.is_none() {
+            // Over TLS, or on the web listener, the reason can be told only
+            // after a handshake (TLS, HTTP): a few such refusals at a time.
+            let told_later = shared.config.tls.is_some() || web;
+            if !told_later {
                 if self.lingering >= LINGER_MAX {
                     // A fresh socket's send buffer is empty, so this does
                     // not block; the close is immediate.
@@ -414,7 +472,6 @@ impl<P: Protocol> Worker<P> {
                 }
                 // Told at once, then a lingering close (see `close`).
             } else if self.refusing >= TLS_REFUSALS {
-                // Over TLS the line needs a handshake first; a few at a time.
                 return;
             } else {
                 self.refusing += 1;
@@ -442,7 +499,7 @@ impl<P: Protocol> Worker<P> {
             Err(e) => {
                 tracing::warn!(%peer, "cannot serve connection: {e}");
                 match refusal {
-                    Some(_) if shared.config.tls.is_some() => self.refusing -= 1,
+                    Some(_) if shared.config.tls.is_some() || web => self.refusing -= 1,
                     Some(_) => {}
                     None if proxied => shared.admission.unreserve(),
                     None => shared.release(peer.ip()),
@@ -459,15 +516,15 @@ impl<P: Protocol> Worker<P> {
             true => Connection::proxied,
             false => Connection::open,
         };
-        let conn = open(
-            refusal,
-            self.budget,
+        let accepted = Accepted {
             id,
             stream,
             peer,
-            &mut self.proto,
-            &mut self.scratch,
-        );
+            refusal,
+            budget: self.budget,
+            web: web.then(|| self.origins.clone()),
+        };
+        let conn = open(accepted, &mut self.proto, &mut self.scratch);
         let standing = match refusal {
             Some(_) => Standing::Refused,
             None if proxied => Standing::Pending,
@@ -528,7 +585,7 @@ impl<P: Protocol> Worker<P> {
                 if header.is_ok() {
                     tracing::info!(%peer, %proxy, "refused: {}", why.reason());
                 }
-                if shared.config.tls.is_some() {
+                if shared.config.tls.is_some() || entry.conn.is_web() {
                     if self.refusing >= TLS_REFUSALS {
                         // Enough handshakes for refusals: just close.
                         let mut entry = self.conns.remove(key);
@@ -631,7 +688,7 @@ impl<P: Protocol> Worker<P> {
         match entry.standing {
             Standing::Refused => {
                 // Never admitted: told why, now gone.
-                if self.shared.config.tls.is_some() {
+                if self.shared.config.tls.is_some() || entry.conn.is_web() {
                     self.refusing -= 1;
                 }
             }
@@ -771,8 +828,10 @@ impl<P: Protocol> Worker<P> {
         self.accept();
         self.draining = true;
         self.scratch.linger_bytes = u32::MAX;
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for listener in &mut self.listeners {
+            if let Some(mut listener) = listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         let queues = match keys.is_empty() {

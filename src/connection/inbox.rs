@@ -74,6 +74,21 @@ impl Inbox {
         }
     }
 
+    /// Keeps `bytes` (an HTTP request being read) for later.
+    pub fn hold(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// What is held.
+    pub fn held(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drops the first `n` bytes held.
+    pub fn take_held(&mut self, n: usize) {
+        self.buf.drain(..n);
+    }
+
     /// Drops what is buffered.
     pub fn clear(&mut self) {
         self.buf = Vec::new();

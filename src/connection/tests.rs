@@ -27,15 +27,15 @@ fn open<P: Protocol>(
     };
     let peer = "127.0.0.1:1".parse().unwrap();
     let stream = Transport::Memory(Box::new(memory));
-    let conn = Connection::open(
-        refusal,
-        None,
-        ConnId::new(0, 0),
+    let accepted = Accepted {
+        id: ConnId::new(0, 0),
         stream,
         peer,
-        proto,
-        &mut scratch,
-    );
+        refusal,
+        budget: None,
+        web: None,
+    };
+    let conn = Connection::open(accepted, proto, &mut scratch);
     (conn, scratch)
 }
 
@@ -252,7 +252,15 @@ fn open_proxied<P: Protocol>(proto: &mut P) -> (Connection<P::Session>, Scratch)
     let stream = Transport::Memory(Box::new(memory));
     let peer = "127.0.0.1:1".parse().unwrap();
     let id = ConnId::new(0, 0);
-    let conn = Connection::proxied(None, None, id, stream, peer, proto, &mut scratch);
+    let accepted = Accepted {
+        id,
+        stream,
+        peer,
+        refusal: None,
+        budget: None,
+        web: None,
+    };
+    let conn = Connection::proxied(accepted, proto, &mut scratch);
     (conn, scratch)
 }
 
