@@ -77,7 +77,8 @@ pub struct ServeArgs {
     pub tls_client_ca: Option<PathBuf>,
     /// Seconds a client has to finish its TLS handshake (with
     /// --proxy-protocol, to send its PROXY header and, with TLS, finish
-    /// the handshake after it).
+    /// the handshake after it; on the --web listener, to send its whole
+    /// HTTP request too).
     #[arg(long, default_value = "10", value_parser = seconds)]
     pub tls_handshake_timeout: Duration,
     /// Behind a load balancer (HAProxy send-proxy or send-proxy-v2, nginx

@@ -88,8 +88,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         sockline::metrics::serve(metrics_listener, config.metrics.clone())
             .context("cannot start the metrics server")?;
     }
-    let addr = listener.local_addr()?;
-    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
     let listeners = Listeners {
         lines: listener,
         web: match args.web {
@@ -109,6 +107,9 @@ fn serve(args: ServeArgs) -> Result<()> {
             None => None,
         },
     };
+    // Last: tools wait for this line (the web one, if any, came first).
+    let addr = listeners.lines.local_addr()?;
+    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
     match args.mode {
         Mode::Ack => listeners.run(mode::Ack, config, shutdown),
         Mode::Echo => listeners.run(mode::Echo, config, shutdown),

@@ -324,7 +324,7 @@ impl<P: Protocol> Worker<P> {
         shutdown.watch(letterbox.bell());
         let mut proto = proto;
         proto.start(mailbox);
-        let budget = Sweep::new(&shared.config).budget;
+        let budget = Sweep::new(&shared.config, false).budget;
         Ok(Worker {
             poll,
             listeners,
@@ -352,7 +352,7 @@ impl<P: Protocol> Worker<P> {
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut deadline = None;
-        let sweep = Sweep::new(&self.shared.config);
+        let sweep = Sweep::new(&self.shared.config, self.listeners[1].is_some());
         loop {
             if deadline.is_none() && self.letterbox.shutdown() {
                 deadline = Some(Instant::now() + self.shared.config.drain_timeout);
@@ -909,10 +909,12 @@ struct Sweep {
 }
 
 impl Sweep {
-    fn new(config: &Config) -> Sweep {
+    /// The chores for `config`, with a web listener or not (whose HTTP
+    /// request is bounded by the handshake timeout too).
+    fn new(config: &Config, web: bool) -> Sweep {
         let second = Duration::from_secs(1);
-        let handshake =
-            (config.tls.is_some() || config.proxy_protocol).then_some(config.handshake_timeout);
+        let handshake = (config.tls.is_some() || config.proxy_protocol || web)
+            .then_some(config.handshake_timeout);
         let timeouts = [config.idle_timeout, handshake, config.write_timeout];
         // At least once a second, for the rate budget and the queue gauge.
         let every = match timeouts.iter().flatten().min() {

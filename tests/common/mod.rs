@@ -84,7 +84,10 @@ pub fn serve_binary(extra: &[&str]) -> Binary {
             "server exited before listening: {banner}"
         );
         banner.push_str(&line);
-        if let Some(at) = line.find("listening on ") {
+        if let Some(at) = line
+            .find("listening on ")
+            .filter(|_| !line.contains("web listening"))
+        {
             break line[at + "listening on ".len()..].trim().parse().unwrap();
         }
     };
