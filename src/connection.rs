@@ -259,6 +259,8 @@ pub struct Connection<S> {
     /// Sweeps since the last complete line (lingering: since the client
     /// last sent anything).
     idle: u32,
+    /// Sweeps since the client last sent anything (WebSocket keepalive).
+    quiet: u32,
     inbox: Inbox,
     outbox: Outbox,
 }
@@ -305,6 +307,7 @@ impl<S> Connection<S> {
             web: accepted.web,
             state,
             idle: 0,
+            quiet: 0,
             inbox: Inbox::new(accepted.budget.unwrap_or(u32::MAX)),
             outbox: Outbox::default(),
         }
@@ -531,6 +534,7 @@ impl<S> Connection<S> {
     /// since the lingering began.
     pub fn sweep(&mut self) -> (u32, u32) {
         self.idle += 1;
+        self.quiet += 1;
         if let State::Lingering { discarded } = &mut self.state {
             *discarded = 0;
             self.outbox.stalled += 1;
@@ -540,6 +544,24 @@ impl<S> Connection<S> {
         let stuck = self.has_pending() && !moved;
         self.outbox.stalled = if stuck { self.outbox.stalled + 1 } else { 0 };
         (self.idle, self.outbox.stalled)
+    }
+
+    /// True for a WebSocket member (upgraded, session open).
+    pub fn is_websocket_member(&self) -> bool {
+        self.framing == Framing::WebSocket && matches!(self.state, State::Open(_))
+    }
+
+    /// A WebSocket member silent for a multiple of `every` sweeps gets a
+    /// ping; true if bytes now wait to be flushed.
+    pub fn keepalive(&mut self, every: u32, scratch: &mut Scratch) -> bool {
+        let due = self.quiet > 0 && self.quiet.is_multiple_of(every);
+        if !due || !self.is_websocket_member() {
+            return false;
+        }
+        let mut ping = Vec::new();
+        websocket::ping(&mut ping);
+        (self.outbox).send(&mut self.stream, &ping, &mut scratch.counts);
+        self.has_pending()
     }
 
     /// Closes the connection with a last line of the server's own (e.g. an
@@ -678,6 +700,7 @@ impl<S> Connection<S> {
             }
             Ok(n) => {
                 scratch.counts.bytes_in += n as u64;
+                self.quiet = 0;
                 self.answer(proto, scratch, max_line, Some(n));
                 if let State::Emptying { left, .. } = &mut self.state
                     && *left != u32::MAX
@@ -764,6 +787,12 @@ impl<S> Connection<S> {
         self.send(scratch);
         // An answer, not output of the protocol's.
         scratch.counts.bytes_out -= scratch.output.len() as u64;
+        let answer = match request {
+            web::Request::Page => 0,
+            web::Request::Upgrade(_) => 1,
+            web::Request::Error(..) => 2,
+        };
+        scratch.counts.web[answer] += 1;
         match request {
             web::Request::Upgrade(_) => {
                 tracing::debug!(peer = %self.peer, "WebSocket upgrade");

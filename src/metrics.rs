@@ -25,6 +25,11 @@ pub struct Counts {
     pub bytes_out: u64,
     /// Times a connection used up its line budget (`--max-lines-per-sec`).
     pub throttled: u64,
+    /// Of `lines_in`, the messages of WebSocket members.
+    pub ws_lines_in: u64,
+    /// Requests on the web listener, by answer: the page, an upgrade to
+    /// WebSocket, an error.
+    pub web: [u64; 3],
 }
 
 /// Close reasons in the order they are exposed.
@@ -115,6 +120,9 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     throttled: AtomicU64,
     queue_bytes: AtomicU64,
+    ws_lines_in: AtomicU64,
+    web: [AtomicU64; 3],
+    websockets: AtomicU64,
     refused: ByRefusal,
     closed: ByClose,
     lingering: AtomicU64,
@@ -130,6 +138,15 @@ impl Metrics {
         self.bytes_in.fetch_add(counts.bytes_in, Relaxed);
         self.bytes_out.fetch_add(counts.bytes_out, Relaxed);
         self.throttled.fetch_add(counts.throttled, Relaxed);
+        self.ws_lines_in.fetch_add(counts.ws_lines_in, Relaxed);
+        for (total, n) in self.web.iter().zip(counts.web) {
+            total.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// A worker's WebSocket members went from `was` to `now`.
+    pub fn websockets(&self, was: u64, now: u64) {
+        self.websockets.fetch_add(now.wrapping_sub(was), Relaxed);
     }
 
     /// A worker's queued bytes went from `was` to `now`.
@@ -193,6 +210,31 @@ impl Metrics {
             "counter",
             "Complete lines received.",
             get(&self.lines_in),
+        );
+        text.by(
+            "lines_in_by_transport_total",
+            "counter",
+            "Complete lines received, by transport: tcp lines, websocket messages.",
+            "transport",
+            [
+                ("tcp", get(&self.lines_in) - get(&self.ws_lines_in)),
+                ("websocket", get(&self.ws_lines_in)),
+            ],
+        );
+        text.one(
+            "websocket_members",
+            "gauge",
+            "WebSocket members connected (updated each second).",
+            get(&self.websockets),
+        );
+        text.by(
+            "web_requests_total",
+            "counter",
+            "Requests on the --web listener, by answer: the page, an upgrade to WebSocket, an HTTP error.",
+            "answer",
+            ["page", "upgrade", "error"]
+                .into_iter()
+                .zip(self.web.iter().map(get)),
         );
         text.one(
             "bytes_in_total",

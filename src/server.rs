@@ -123,6 +123,11 @@ const WEB: Token = Token(usize::MAX - 3);
 /// The `out.id()` of mail for the loop as a whole: no connection.
 const NOBODY: ConnId = ConnId::nobody();
 const WAKER: Token = Token(usize::MAX - 2);
+/// A WebSocket client silent this long gets a ping (and again each time
+/// as long): proxies and NATs on the way keep the connection, and a peer
+/// that is gone shows as a write the client does not take
+/// (`write_timeout`).
+const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -268,6 +273,8 @@ struct Worker<P: Protocol> {
     budget: Option<u32>,
     /// Bytes waiting in this worker's connections at the last sweep.
     queued: u64,
+    /// WebSocket members of this worker at the last sweep.
+    websockets: u64,
     /// Mail from other threads, and shutdown.
     letterbox: Letterbox<P::Event>,
     /// Mail taken from the letterbox, being handed out.
@@ -339,6 +346,7 @@ impl<P: Protocol> Worker<P> {
             sweep_at: None,
             budget,
             queued: 0,
+            websockets: 0,
             letterbox,
             mail: Vec::new(),
             more_mail: false,
@@ -776,9 +784,10 @@ impl<P: Protocol> Worker<P> {
     /// none of for `write_timeout`.
     fn sweep(&mut self, sweep: &Sweep) {
         let mut ends = Vec::new();
-        let mut queued = 0;
+        let (mut queued, mut websockets) = (0, 0);
         for (key, entry) in self.conns.iter_mut() {
             queued += entry.conn.queued() as u64;
+            websockets += u64::from(entry.conn.is_websocket_member());
             if let Some(budget) = sweep.budget
                 && entry.conn.refill(budget)
             {
@@ -786,6 +795,11 @@ impl<P: Protocol> Worker<P> {
                 self.ready.push((key, true));
             }
             let (idle, stalled) = entry.conn.sweep();
+            if let Some(every) = sweep.ping
+                && entry.conn.keepalive(every, &mut self.scratch)
+            {
+                self.dirty.push(key);
+            }
             if entry.conn.lingering() {
                 let (quiet, total) = sweep.linger;
                 if idle > quiet || stalled > total {
@@ -806,6 +820,8 @@ impl<P: Protocol> Worker<P> {
         }
         let metrics = &self.shared.config.metrics;
         metrics.queued(std::mem::replace(&mut self.queued, queued), queued);
+        let was = std::mem::replace(&mut self.websockets, websockets);
+        metrics.websockets(was, websockets);
         for (key, why) in ends {
             match (&sweep.idle, why) {
                 (Some((_, notice)), CloseReason::Idle) if !self.conns[key].conn.lingering() => {
@@ -906,6 +922,9 @@ struct Sweep {
     budget: Option<u32>,
     /// Sweeps a lingering close may stay quiet, and last in all.
     linger: (u32, u32),
+    /// With a web listener: sweeps of a WebSocket client's silence between
+    /// keepalive pings.
+    ping: Option<u32>,
 }
 
 impl Sweep {
@@ -932,6 +951,7 @@ impl Sweep {
             stall: config.write_timeout.map(sweeps),
             budget,
             linger: (sweeps(LINGER_QUIET), sweeps(LINGER_TIME)),
+            ping: web.then(|| sweeps(PING_EVERY)),
         }
     }
 }

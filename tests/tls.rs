@@ -398,3 +398,37 @@ fn a_refused_tls_client_is_told_why_over_tls() {
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"ERR access denied\n");
 }
+
+#[test]
+fn with_tls_the_web_listener_speaks_https_and_wss() {
+    let pki = Pki::new("web");
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    let server = serve_binary(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--web",
+        "127.0.0.1:0",
+    ]);
+    let line = (server.banner.lines())
+        .find_map(|l| l.split("web listening on ").nth(1))
+        .unwrap();
+    assert!(line.contains("(https://"), "{line}");
+    let web: SocketAddr = line.split_whitespace().next().unwrap().parse().unwrap();
+    // The page over HTTPS.
+    let mut https = pki.client(web, false);
+    https
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut page = Vec::new();
+    let _ = https.read_to_end(&mut page);
+    assert!(page.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // A WebSocket over TLS (wss://): the tutorial's dialogue.
+    let stream = pki.client(web, false);
+    let url = format!("wss://localhost:{}/ws", web.port());
+    let (mut socket, _) = tungstenite::client(url, stream).unwrap();
+    socket.send(tungstenite::Message::text("hello")).unwrap();
+    let reply = socket.read().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), " MSG Received");
+}

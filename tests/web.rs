@@ -82,7 +82,10 @@ fn http(addr: SocketAddr, request: &str) -> String {
 
 #[test]
 fn the_page_and_clean_http_errors() {
-    let web = serve_web(&["--mode", "chat"]);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let web = serve_web(&["--mode", "chat", "--metrics-listen", &metrics.to_string()]);
     let page = http(web.web, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.contains("Content-Type: text/html; charset=utf-8\r\n"));
@@ -122,6 +125,22 @@ fn the_page_and_clean_http_errors() {
     let said = next(&mut member);
     assert!(said.ends_with(" joined"), "{said}");
     assert!(next(&mut member).ends_with(": hello from tcp"));
+    say(&mut member, "hello from the web");
+    tcp.write_all(b"/who\n").unwrap();
+    // The metrics tell the transports apart (the gauge is a sweep behind).
+    std::thread::sleep(Duration::from_millis(1100));
+    let text = common::scrape(metrics, "/metrics");
+    let value = |sample: &str| common::metric(&text, sample);
+    assert_eq!(value("sockline_web_requests_total{answer=\"page\"}"), 1);
+    assert_eq!(value("sockline_web_requests_total{answer=\"upgrade\"}"), 1);
+    assert_eq!(value("sockline_web_requests_total{answer=\"error\"}"), 5);
+    assert_eq!(value("sockline_websocket_members"), 1);
+    let by = |transport: &str| {
+        value(&format!(
+            "sockline_lines_in_by_transport_total{{transport=\"{transport}\"}}"
+        ))
+    };
+    assert_eq!((by("tcp"), by("websocket")), (2, 1));
 }
 
 #[test]

@@ -356,6 +356,9 @@ impl<P: Protocol> Answerer<'_, P> {
     fn one(&mut self, line: &[u8], scratch: &mut Scratch) -> Step {
         tracing::debug!("Client {}: {}", self.peer, escape_lossy(line));
         scratch.counts.lines_in += 1;
+        if self.framing == Framing::WebSocket {
+            scratch.counts.ws_lines_in += 1;
+        }
         if scratch.budget != u32::MAX {
             scratch.budget -= 1;
         }

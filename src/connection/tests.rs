@@ -408,3 +408,49 @@ fn lines_after_a_wait_are_answered_only_after_the_mail_that_ends_it() {
     assert_eq!(status, Status::Wait { want_write: false });
     assert_eq!(received(&mut conn), b"answer: late\n");
 }
+
+/// A connection from the web listener (over memory), upgraded.
+fn upgraded(proto: &mut Echo) -> (Connection<()>, Scratch) {
+    let mut scratch = Scratch::default();
+    let accepted = Accepted {
+        id: ConnId::new(0, 0),
+        stream: Transport::Memory(Box::new(Memory {
+            room: usize::MAX,
+            ..Memory::default()
+        })),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        refusal: None,
+        budget: None,
+        web: Some(Arc::default()),
+    };
+    let mut conn = Connection::open(accepted, proto, &mut scratch);
+    send(
+        &mut conn,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    drive(&mut conn, proto, &mut scratch);
+    let response = received(&mut conn);
+    assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    (conn, scratch)
+}
+
+#[test]
+fn a_silent_websocket_client_gets_a_ping_every_so_many_sweeps() {
+    let (mut conn, mut scratch) = upgraded(&mut Echo);
+    for sweep in 1..=5 {
+        conn.sweep();
+        conn.keepalive(2, &mut scratch);
+        let want: &[u8] = if sweep % 2 == 0 { b"\x89\x00" } else { b"" };
+        assert_eq!(received(&mut conn), want, "sweep {sweep}");
+    }
+    // Anything from the client (a pong) starts the count again.
+    send(&mut conn, &[0x8A, 0x80, 1, 2, 3, 4]);
+    drive(&mut conn, &mut Echo, &mut scratch);
+    conn.sweep();
+    conn.keepalive(2, &mut scratch);
+    assert_eq!(received(&mut conn), b"");
+    conn.sweep();
+    conn.keepalive(2, &mut scratch);
+    assert_eq!(received(&mut conn), b"\x89\x00");
+}
