@@ -865,3 +865,48 @@ fn proxy_log(mut node: common::Binary) -> String {
     let _ = node.child.wait();
     node.banner + &node.stderr.join().unwrap()
 }
+
+/// A cluster carries web members like any other: a browser's WebSocket on
+/// one node and a terminal on another share a room.
+#[test]
+fn a_websocket_member_on_one_node_talks_with_a_tcp_member_on_another() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, "a", &["--web", "127.0.0.1:0"]);
+    let b = node(&redis, "b");
+    let web: SocketAddr = (a.banner.lines())
+        .find_map(|l| l.split("web listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stream = TcpStream::connect(web).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut browser, _) = tungstenite::client(format!("ws://{web}/ws"), stream).unwrap();
+    let mut text = || loop {
+        if let tungstenite::Message::Text(text) = browser.read().unwrap() {
+            return text.to_string();
+        }
+    };
+    assert!(text().starts_with("* welcome "));
+    let mut bob = Member::join(b.addr, "bob");
+    while !text().ends_with(" is now bob") {}
+    drop(text);
+    browser
+        .send(tungstenite::Message::text("/nick webby"))
+        .unwrap();
+    while !bob.line().ends_with(" is now webby") {}
+    browser
+        .send(tungstenite::Message::text("hello from a browser"))
+        .unwrap();
+    bob.wait_for("webby: hello from a browser");
+    bob.say("hello from a terminal");
+    loop {
+        if let tungstenite::Message::Text(text) = browser.read().unwrap()
+            && text.as_str() == "bob: hello from a terminal"
+        {
+            break;
+        }
+    }
+}
