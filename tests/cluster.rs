@@ -884,15 +884,14 @@ fn a_websocket_member_on_one_node_talks_with_a_tcp_member_on_another() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let (mut browser, _) = tungstenite::client(format!("ws://{web}/ws"), stream).unwrap();
-    let mut text = || loop {
+    let text = |browser: &mut tungstenite::WebSocket<TcpStream>| loop {
         if let tungstenite::Message::Text(text) = browser.read().unwrap() {
             return text.to_string();
         }
     };
-    assert!(text().starts_with("* welcome "));
+    assert!(text(&mut browser).starts_with("* welcome "));
     let mut bob = Member::join(b.addr, "bob");
-    while !text().ends_with(" is now bob") {}
-    drop(text);
+    while !text(&mut browser).ends_with(" is now bob") {}
     browser
         .send(tungstenite::Message::text("/nick webby"))
         .unwrap();
@@ -902,11 +901,5 @@ fn a_websocket_member_on_one_node_talks_with_a_tcp_member_on_another() {
         .unwrap();
     bob.wait_for("webby: hello from a browser");
     bob.say("hello from a terminal");
-    loop {
-        if let tungstenite::Message::Text(text) = browser.read().unwrap()
-            && text.as_str() == "bob: hello from a terminal"
-        {
-            break;
-        }
-    }
+    while text(&mut browser) != "bob: hello from a terminal" {}
 }
