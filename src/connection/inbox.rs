@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 pub(super) struct Inbox {
     /// A partial line, or lines not answered yet.
     buf: Vec<u8>,
-    /// WebSocket: the fragmented message being reassembled, if any.
-    partial: Option<Partial>,
+    /// WebSocket: the fragmented message being reassembled, if any (boxed:
+    /// one pointer on every connection that has none).
+    partial: Option<Box<Partial>>,
     /// `buf` may hold complete lines not answered yet.
     pub backlog: bool,
     /// A complete line was answered since the connection last asked.
@@ -179,7 +180,7 @@ impl Inbox {
 /// A WebSocket connection's state between reads.
 pub(super) struct Talk<'a> {
     /// The fragmented message so far.
-    partial: &'a mut Option<Partial>,
+    partial: &'a mut Option<Box<Partial>>,
     /// A close frame went out.
     closed: &'a mut bool,
 }
@@ -292,7 +293,7 @@ impl<P: Protocol> Answerer<'_, P> {
                 (true, None) if fin => self.message(text, payload, talk, scratch),
                 (true, None) => {
                     let bytes = payload.to_vec();
-                    *talk.partial = Some(Partial { text, bytes });
+                    *talk.partial = Some(Box::new(Partial { text, bytes }));
                     Step::Next
                 }
                 (false, Some(partial)) => {
