@@ -6,70 +6,17 @@
 
 mod common;
 
-use common::{KillOnDrop, bin, connect, free_port, run};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use common::chat::Member;
+use common::pki::Pki;
+use common::{KillOnDrop, bin, free_port, run};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 /// How long a node or Redis gets to say what a test waits for.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A test CA, a server certificate for 127.0.0.1 and a client
-/// certificate it signed, as PEM files in a directory of their own
-/// (removed when dropped).
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("sockline test CA {name}"));
-        let ca = params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(params, &ca_key);
-        let leaf = |names: Vec<String>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, &issuer)
-                .unwrap();
-            (cert, key)
-        };
-        let (server, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
-        let (client, client_key) = leaf(vec!["client".into()]);
-        let dir =
-            std::env::temp_dir().join(format!("sockline-redis-tls-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (file, pem) in [
-            ("ca.pem", ca.pem()),
-            ("server.pem", server.pem()),
-            ("server.key", server_key.serialize_pem()),
-            ("client.pem", client.pem()),
-            ("client.key", client_key.serialize_pem()),
-        ] {
-            std::fs::write(dir.join(file), pem).unwrap();
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The lines `from` gives, read on a thread of its own.
 fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
@@ -184,55 +131,6 @@ impl Node {
     fn warnings(&self) -> Vec<String> {
         let logged = self.log.try_iter();
         logged.filter(|l| !l.starts_with("sockline: ")).collect()
-    }
-}
-
-/// A chat member.
-struct Member {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Member {
-    /// Connects, takes the welcome, and takes the name `name`.
-    fn join(addr: SocketAddr, name: &str) -> Member {
-        let stream = connect(addr);
-        let mut member = Member {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        };
-        let welcome = member.line();
-        assert!(welcome.starts_with("* welcome "), "{welcome:?}");
-        member.say(&format!("/nick {name}"));
-        member.wait_for(&format!("* you are now {name}"));
-        member
-    }
-
-    fn say(&mut self, line: &str) {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => panic!("server closed"),
-            Ok(_) => line.trim_end_matches('\n').to_owned(),
-            Err(e) => panic!("no line from the server: {e}"),
-        }
-    }
-
-    /// Reads until `want`; returns the lines before it.
-    fn wait_for(&mut self, want: &str) -> Vec<String> {
-        let mut before = Vec::new();
-        loop {
-            let line = self.line();
-            if line == want {
-                return before;
-            }
-            before.push(line);
-        }
     }
 }
 

@@ -3,6 +3,9 @@
 //! processes with deadlines, killing them however the test ends.
 #![allow(dead_code)]
 
+pub mod chat;
+pub mod pki;
+
 use sockline::{Config, Protocol, Shutdown, server};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
