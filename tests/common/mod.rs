@@ -3,6 +3,8 @@
 //! processes with deadlines, killing them however the test ends.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use sockline::{Config, Protocol, Shutdown, server};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
