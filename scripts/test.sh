@@ -7,6 +7,8 @@
 #   prlimit       the out-of-descriptors test lowers the server's limit
 #   redis-server  the chat cluster tests run a real Redis
 #   haproxy       the PROXY protocol tests run a real HAProxy (in /usr/sbin)
+#   chromium      the web page tests drive a real headless Chromium,
+#   chromedriver  through its WebDriver server (package chromium-driver)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,8 @@ command -v javac >/dev/null || need+=(default-jdk-headless)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
 PATH="$PATH:/usr/sbin" command -v haproxy >/dev/null || need+=(haproxy)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "the tests need: ${need[*]}; as root: apt-get update && apt-get install -y ${need[*]}" >&2

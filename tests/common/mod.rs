@@ -3,6 +3,7 @@
 //! processes with deadlines, killing them however the test ends.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod chat;
 pub mod pki;
 
