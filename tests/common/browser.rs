@@ -122,40 +122,51 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).unwrap();
 
-        // Port 0: chromedriver binds a free port and prints it, so no other
-        // test can take it in between. Its own process group, so that the
-        // Chromium it starts can be killed with it. Chromium's crash handlers
-        // leave that group: with its config (crash reports) and cache in the
-        // profile, they carry the profile's path too, as Chromium does.
-        let mut driver = KillOnDrop(
-            Command::new(&chromedriver)
-                .args(["--port=0", "--log-level=WARNING"])
-                .env("XDG_CONFIG_HOME", profile.join("config"))
-                .env("XDG_CACHE_HOME", profile.join("cache"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {} ({e})", chromedriver.display())),
-        );
-        let stderr = super::read_in_background(driver.stderr.take().unwrap());
-        let mut stdout = BufReader::new(driver.stdout.take().unwrap());
-        let mut banner = String::new();
-        let port = loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-                let _ = driver.kill();
-                panic!(
-                    "chromedriver exited before listening: {banner}{}",
-                    stderr.join().unwrap_or_default()
-                );
+        // A free port, and another if chromedriver finds it taken after all
+        // (its `--port=0` binds IPv6 and IPv4 apart and fails when the
+        // second is taken). Its own process group, so that the Chromium it
+        // starts can be killed with it. Chromium's crash handlers leave that
+        // group: with its config (crash reports) and cache in the profile,
+        // they carry the profile's path too, as Chromium does.
+        let mut tries = 0;
+        let (mut driver, stdout, stderr, port) = loop {
+            tries += 1;
+            let port = super::free_port();
+            let mut driver = KillOnDrop(
+                Command::new(&chromedriver)
+                    .arg(format!("--port={port}"))
+                    .args(["--log-level=WARNING"])
+                    .env("XDG_CONFIG_HOME", profile.join("config"))
+                    .env("XDG_CACHE_HOME", profile.join("cache"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {} ({e})", chromedriver.display())),
+            );
+            let stderr = super::read_in_background(driver.stderr.take().unwrap());
+            let mut stdout = BufReader::new(driver.stdout.take().unwrap());
+            let mut banner = String::new();
+            let started = loop {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+                    break false;
+                }
+                banner.push_str(&line);
+                if line.contains("started successfully on port ") {
+                    break true;
+                }
+            };
+            if started {
+                break (driver, stdout, stderr, port);
             }
-            banner.push_str(&line);
-            if let Some(at) = line.find("started successfully on port ") {
-                let rest = &line[at + "started successfully on port ".len()..];
-                break rest.trim().trim_end_matches('.').parse::<u16>().unwrap();
-            }
+            let _ = driver.kill();
+            let log = stderr.join().unwrap_or_default();
+            assert!(
+                tries < 5,
+                "chromedriver exited before listening: {banner}{log}"
+            );
         };
         let stdout = super::read_in_background(stdout);
         let log = std::thread::spawn(move || {
