@@ -129,7 +129,7 @@ impl Browser {
         // group: with its config (crash reports) and cache in the profile,
         // they carry the profile's path too, as Chromium does.
         let mut tries = 0;
-        let (mut driver, stdout, stderr, port) = loop {
+        let (driver, stdout, stderr, port) = loop {
             tries += 1;
             let port = super::free_port();
             let mut driver = KillOnDrop(
