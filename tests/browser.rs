@@ -1,6 +1,7 @@
-//! The browser harness (tests/common/browser.rs) on a page served by the
-//! test itself: two headless Chromium sessions at once type lines into it,
-//! and markup typed in shows as text.
+//! Real headless Chromium (tests/common/browser.rs): the harness on a page
+//! served by the test itself, then the built-in chat page of `serve --web`
+//! with two browsers and a terminal (`sockline connect`) in one room.
+//! Screenshots are kept in target/test-artifacts/.
 
 mod common;
 
@@ -132,4 +133,122 @@ fn two_sessions_type_into_a_static_page_and_markup_shows_as_text() {
         assert_eq!(processes_using(profile), Vec::<u32>::new(), "{profile:?}");
         assert!(!profile.exists(), "{profile:?} is left");
     }
+}
+
+/// The server's web address, from its `web listening on ADDR` line.
+fn web_addr(server: &common::Binary) -> SocketAddr {
+    (server.banner.lines())
+        .find_map(|l| l.split("web listening on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a `web listening on` line")
+        .parse()
+        .unwrap()
+}
+
+/// `sockline connect ADDR` as a terminal member would run it: its stdin,
+/// and its stdout's lines as they come.
+struct Terminal {
+    _child: common::KillOnDrop,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Terminal {
+    fn connect(addr: SocketAddr) -> Terminal {
+        use std::process::{Command, Stdio};
+        let mut child = common::KillOnDrop(
+            Command::new(common::bin())
+                .args(["connect", &addr.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Terminal {
+            _child: child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// Reads until a line equal to `want`.
+    fn wait_for(&self, want: &str) {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line == want => return,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no {want:?} ({e}); the terminal saw {seen:?}"),
+            }
+        }
+    }
+}
+
+/// The built-in page, for real: two browsers and a terminal in one room.
+#[test]
+fn two_browsers_and_a_terminal_chat_in_one_room() {
+    let server = common::serve_binary(&["--mode", "chat", "--web", "127.0.0.1:0"]);
+    let page = format!("http://{}/", web_addr(&server));
+    let wait = Duration::from_secs(20);
+    let join = |test: &str, name: &str| {
+        let browser = Browser::start(test);
+        browser.goto(&page);
+        browser.wait_for_text("log", "* welcome ", wait);
+        browser.type_line("input", &format!("/nick {name}"));
+        browser.wait_for_text("log", &format!("* you are now {name}"), wait);
+        browser
+    };
+    let alice = join("chat-alice", "alice");
+    let bob = join("chat-bob", "bob");
+    let mut terminal = Terminal::connect(server.addr);
+    terminal.say("/nick termy");
+    terminal.wait_for("* you are now termy");
+
+    alice.type_line("input", "hello from alice");
+    bob.wait_for_text("log", "alice: hello from alice", wait);
+    terminal.wait_for("alice: hello from alice");
+    terminal.say("hi from the terminal");
+    alice.wait_for_text("log", "termy: hi from the terminal", wait);
+    bob.wait_for_text("log", "termy: hi from the terminal", wait);
+
+    // Markup a member sends is shown as the characters it is, everywhere.
+    let evil = "<img src=x onerror=alert(1)><b>bold?</b>";
+    bob.type_line("input", evil);
+    let shown = alice.wait_for_text("log", &format!("bob: {evil}"), wait);
+    assert!(shown.contains(evil));
+    assert_eq!(alice.count("#log img"), 0, "markup became an element");
+    assert_eq!(alice.count("#log b"), 0, "markup became an element");
+    terminal.wait_for(&format!("bob: {evil}"));
+    // Who is in the room, as the page shows it.
+    alice.wait_for_text("members", "termy", wait);
+    // The page runs under its own Content-Security-Policy without a
+    // complaint (its inline script and style are allowed by hash).
+    for browser in [&alice, &bob] {
+        let console = browser.console();
+        assert!(
+            console
+                .iter()
+                .all(|l| !l.contains("Content Security Policy")),
+            "{console:?}"
+        );
+    }
+    let screenshot = alice.screenshot("room");
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000);
+    bob.screenshot("room");
 }
