@@ -27,8 +27,9 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on; use 0.0.0.0:5000 or [::]:5000 to expose it.
-    #[arg(long, default_value = "127.0.0.1:5000")]
+    /// Address to listen on: PORT (on 127.0.0.1), IP:PORT or HOST:PORT;
+    /// use 0.0.0.0:5000 or [::]:5000 to expose it.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5000", value_parser = listen_addr)]
     pub listen: SocketAddr,
     /// What the server answers.
     #[arg(long, value_enum, default_value_t = Mode::Ack)]
@@ -42,11 +43,13 @@ pub struct ServeArgs {
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub drain_timeout: Duration,
-    /// Only clients in this network may connect (repeatable; IPv4 or IPv6 CIDR).
-    #[arg(long, value_name = "CIDR")]
+    /// Only clients in this network may connect (repeatable; IPv4 or IPv6
+    /// CIDR, or one address: 10.0.0.1 is 10.0.0.1/32).
+    #[arg(long, value_name = "CIDR", value_parser = network)]
     pub allow: Vec<ipnet::IpNet>,
-    /// Clients in this network may not connect (repeatable; wins over --allow).
-    #[arg(long, value_name = "CIDR")]
+    /// Clients in this network may not connect (repeatable; wins over
+    /// --allow; CIDR or one address).
+    #[arg(long, value_name = "CIDR", value_parser = network)]
     pub deny: Vec<ipnet::IpNet>,
     /// Connections one IP address may hold at once (0: no limit).
     #[arg(long, default_value_t = 0)]
@@ -90,13 +93,15 @@ pub struct ServeArgs {
     /// be able to reach a server started with it.
     #[arg(long)]
     pub proxy_protocol: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics (ADDR as for
+    /// --listen).
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
     pub metrics_listen: Option<SocketAddr>,
     /// Also listen for browsers at ADDR: GET / is a chat page, GET /ws a
     /// WebSocket whose messages are lines, in the same rooms and under the
-    /// same limits as TCP clients (HTTPS and WSS with --tls).
-    #[arg(long, value_name = "ADDR")]
+    /// same limits as TCP clients (HTTPS and WSS with --tls). ADDR as for
+    /// --listen.
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
     pub web: Option<SocketAddr>,
     /// A page origin allowed to open a WebSocket (e.g.
     /// https://chat.example.com; * for any); repeatable. Default: pages
@@ -171,8 +176,11 @@ pub enum Mode {
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// Server address, HOST:PORT.
+    /// Server address: HOST:PORT, or HOST with PORT after it (as nc takes
+    /// it).
     pub addr: String,
+    /// The port, when HOST and PORT are given apart.
+    pub port: Option<u16>,
     /// Seconds to wait for connecting, and for the server to close after BYE.
     #[arg(long, default_value = "5", value_parser = seconds)]
     pub timeout: Duration,
@@ -204,6 +212,18 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// `HOST:PORT`, from one argument or two (`[IPv6]:PORT` for an IPv6
+    /// host given apart from its port).
+    pub fn target(&self) -> String {
+        match self.port {
+            None => self.addr.clone(),
+            Some(port) if self.addr.contains(':') && !self.addr.starts_with('[') => {
+                format!("[{}]:{port}", self.addr)
+            }
+            Some(port) => format!("{}:{port}", self.addr),
+        }
+    }
+
     /// The TLS settings, if --tls.
     pub fn tls(&self) -> Option<sockline::tls::ClientTls> {
         self.tls.then(|| sockline::tls::ClientTls {
@@ -312,6 +332,33 @@ impl BenchArgs {
             .map(|&n| usize::try_from(n).unwrap_or(usize::MAX))
             .collect()
     }
+}
+
+/// An address to listen on: `PORT` (on 127.0.0.1, as a local tool
+/// should), `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (its first address).
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let wrong = || format!("expected PORT, IP:PORT or HOST:PORT, not {s:?}");
+    if !s.contains(':') {
+        return Err(wrong());
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(wrong),
+        Err(e) => Err(format!("cannot resolve {s}: {e}")),
+    }
+}
+
+/// A network for --allow/--deny: `CIDR`, or one address (a /32 or /128).
+pub fn network(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("expected an address or a CIDR network (10.0.0.0/8), not {s:?}"))
 }
 
 /// A duration in seconds (`1.5`): a finite number, at least zero.

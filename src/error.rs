@@ -9,11 +9,14 @@
 use std::io;
 
 /// A short lowercase description of `e`, without the `(os error N)` suffix.
-pub(crate) fn describe(e: &io::Error) -> String {
+pub fn describe(e: &io::Error) -> String {
     use io::ErrorKind::*;
     let known = match e.kind() {
         ConnectionRefused => "connection refused",
         ConnectionReset => "connection reset",
+        AddrInUse => "address in use",
+        AddrNotAvailable => "address not available here",
+        PermissionDenied => "permission denied",
         HostUnreachable => "host unreachable",
         NetworkUnreachable => "network unreachable",
         _ => "",

@@ -54,7 +54,7 @@ pub mod admission;
 pub mod client;
 pub mod connection;
 #[cfg(any(feature = "client", feature = "bench"))]
-mod error;
+pub mod error;
 pub mod escape;
 pub mod framing;
 pub mod kernel;

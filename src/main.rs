@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Connect(args) => {
-            sockline::client::run(&args.addr, args.timeout, args.tls().as_ref(), args.raw)
+            sockline::client::run(&args.target(), args.timeout, args.tls().as_ref(), args.raw)
                 .map_err(anyhow::Error::from)
         }
         Command::Bench(args) => sockline::loadgen::command(
@@ -49,8 +49,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Err(e) = server::raise_fd_limit() {
         tracing::warn!("cannot raise the open-file limit: {e}");
     }
-    let listener =
-        server::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = server::bind(args.listen).map_err(|e| listen_error("", args.listen, &e))?;
     let shutdown = Shutdown::new();
     shutdown
         .trigger_on_signals()
@@ -80,7 +79,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
-            std::net::TcpListener::bind(at).with_context(|| format!("cannot listen on {at}"))?;
+            std::net::TcpListener::bind(at).map_err(|e| listen_error(" for metrics", at, &e))?;
         eprintln!(
             "sockline: metrics at http://{}/metrics",
             metrics_listener.local_addr()?
@@ -92,7 +91,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         lines: listener,
         web: match args.web {
             Some(at) => {
-                let web = server::bind(at).with_context(|| format!("cannot listen on {at}"))?;
+                let web = server::bind(at).map_err(|e| listen_error(" for browsers", at, &e))?;
                 let scheme = if config.tls.is_some() {
                     "https"
                 } else {
@@ -130,6 +129,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     .context("server failed")
+}
+
+/// `cannot listen[ for WHAT] on ADDR: address in use`: which listener, and
+/// the reason as a short phrase.
+fn listen_error(what: &str, at: std::net::SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let why = sockline::error::describe(e);
+    anyhow::anyhow!("cannot listen{what} on {at}: {why}")
 }
 
 /// The lines listener, and the web one if asked for.

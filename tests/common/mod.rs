@@ -66,12 +66,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sockline")
 }
 
-/// Runs `sockline serve --listen 127.0.0.1:0 EXTRA...` and waits for its
-/// "listening on" line.
+/// Runs `sockline serve --listen 127.0.0.1:0 EXTRA...` (or with EXTRA's own
+/// `--listen`) and waits for its "listening on" line.
 pub fn serve_binary(extra: &[&str]) -> Binary {
     let mut child = KillOnDrop(
         Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("serve")
+            .args(match extra.contains(&"--listen") {
+                true => &[][..],
+                false => &["--listen", "127.0.0.1:0"][..],
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

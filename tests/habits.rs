@@ -1,0 +1,84 @@
+//! The habits users bring from nc, socat, redis-cli and wrk (issue 13):
+//! addresses as they type them, errors that name what they are about.
+
+mod common;
+
+use common::{bin, run, serve_binary};
+use std::process::Command;
+use std::time::Duration;
+
+fn sockline(args: &[&str], input: &str) -> common::Finished {
+    run(
+        Command::new(bin()).args(args),
+        input,
+        Duration::from_secs(20),
+    )
+}
+
+#[test]
+fn a_bare_port_and_host_names_are_addresses() {
+    // A bare port listens on 127.0.0.1; a host name resolves.
+    let server = serve_binary(&["--listen", "0"]);
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    let named = serve_binary(&["--listen", "localhost:0"]);
+    assert!(named.addr.ip().is_loopback(), "{}", named.addr);
+    // connect HOST PORT, as nc takes it, and a host name.
+    let port = server.addr.port().to_string();
+    let done = sockline(&["connect", "127.0.0.1", &port], "hello\nBYE\n");
+    assert_eq!(
+        done.stdout, " MSG Received\n MSG Received\n",
+        "{}",
+        done.stderr
+    );
+    assert!(done.status.success());
+    let named = format!("localhost:{}", named.addr.port());
+    let done = sockline(&["connect", &named], "hi\nbye\n");
+    assert_eq!(
+        done.stdout, " MSG Received\n MSG Received\n",
+        "{}",
+        done.stderr
+    );
+    // Garbage is refused by the argument parser, with exit code 2.
+    let done = sockline(&["serve", "--listen", "nohost"], "");
+    assert_eq!(done.status.code(), Some(2));
+    assert!(
+        done.stderr.contains("expected PORT, IP:PORT or HOST:PORT"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn allow_and_deny_take_a_bare_address() {
+    let denied = serve_binary(&["--deny", "127.0.0.1"]);
+    let port = denied.addr.port().to_string();
+    let done = sockline(&["connect", "127.0.0.1", &port], "hello\n");
+    assert!(done.stdout.contains("ERR access denied"), "{}", done.stdout);
+    let allowed = serve_binary(&["--allow", "127.0.0.1", "--allow", "::1"]);
+    let port = allowed.addr.port().to_string();
+    let done = sockline(&["connect", "127.0.0.1", &port], "hello\nbye\n");
+    assert_eq!(done.stdout, " MSG Received\n MSG Received\n");
+}
+
+#[test]
+fn a_listener_that_cannot_bind_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    for (flag, words) in [
+        ("--listen", "cannot listen on"),
+        ("--metrics-listen", "cannot listen for metrics on"),
+        ("--web", "cannot listen for browsers on"),
+    ] {
+        let mut args = vec!["serve", flag, &at];
+        if flag != "--listen" {
+            args.extend(["--listen", "0"]);
+        }
+        let done = sockline(&args, "");
+        assert_eq!(done.status.code(), Some(1), "{flag}");
+        assert_eq!(
+            done.stderr.lines().last().unwrap(),
+            format!("sockline: {words} {at}: address in use"),
+            "{flag}"
+        );
+    }
+}
