@@ -38,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_line: u64,
     /// Connections served at once; more are told `ERR server full`.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_conns: usize,
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
     #[arg(long, default_value = "5", value_parser = seconds)]
@@ -152,6 +152,46 @@ pub struct ServeArgs {
     /// Also log every received line.
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// The flags of chat alone: given with another mode, they are a mistake.
+pub const CHAT_FLAGS: [&str; 8] = [
+    "history",
+    "history_rooms",
+    "redis",
+    "redis_ca",
+    "redis_cert",
+    "redis_key",
+    "node",
+    "max_queue",
+];
+
+/// Parses the command line; a chat flag with another mode is an error
+/// (exit 2) that says which mode it belongs to.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(("serve", serve))) = (&cli.command, matches.subcommand())
+        && args.mode != Mode::Chat
+    {
+        let given =
+            |id: &&&str| serve.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if let Some(flag) = CHAT_FLAGS.iter().find(given) {
+            let flag = flag.replace('_', "-");
+            let mode = format!("{:?}", args.mode).to_lowercase();
+            let message = format!("--{flag} belongs to --mode chat, not --mode {mode}");
+            let mut command = Cli::command();
+            command.build();
+            let serve = command
+                .find_subcommand_mut("serve")
+                .expect("a serve command");
+            serve
+                .error(clap::error::ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+    }
+    cli
 }
 
 /// Log line formats.

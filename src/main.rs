@@ -6,14 +6,13 @@
 mod cli;
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use cli::{Cli, Command, LogFormat, Mode, ServeArgs};
+use cli::{Command, LogFormat, Mode, ServeArgs};
 use sockline::{Config, Shutdown, mode, server};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Connect(args) => {
@@ -41,9 +40,6 @@ fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.quiet, args.verbose, args.log_format);
     let redis_tls = redis_tls(&args)?;
     if let Some(url) = &args.redis {
-        if args.mode != Mode::Chat {
-            anyhow::bail!("--redis is for --mode chat (rooms across servers)");
-        }
         mode::check_url(url, redis_tls.as_ref()).map_err(anyhow::Error::msg)?;
     }
     if let Err(e) = server::raise_fd_limit() {

@@ -82,3 +82,31 @@ fn a_listener_that_cannot_bind_is_named_in_the_error() {
         );
     }
 }
+
+#[test]
+fn a_flag_of_another_mode_is_an_error_that_names_its_mode() {
+    for (args, flag, mode) in [
+        (&["--history", "5"][..], "--history", "ack"),
+        (
+            &["--mode", "echo", "--max-queue", "5"][..],
+            "--max-queue",
+            "echo",
+        ),
+        (
+            &["--mode", "ack", "--redis", "redis://127.0.0.1:1"][..],
+            "--redis",
+            "ack",
+        ),
+    ] {
+        let done = sockline(&[&["serve", "--listen", "0"][..], args].concat(), "");
+        assert_eq!(done.status.code(), Some(2), "{args:?}");
+        let first = done.stderr.lines().next().unwrap_or_default().to_owned();
+        assert_eq!(
+            first,
+            format!("error: {flag} belongs to --mode chat, not --mode {mode}")
+        );
+    }
+    let done = sockline(&["serve", "--listen", "0", "--max-conns", "0"], "");
+    assert_eq!(done.status.code(), Some(2));
+    assert!(done.stderr.contains("--max-conns"), "{}", done.stderr);
+}
