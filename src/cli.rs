@@ -23,6 +23,20 @@ pub enum Command {
     /// Load a line server and measure it, like redis-benchmark for any line
     /// protocol: throughput, latency, and with --server-pid its CPU and memory.
     Bench(BenchArgs),
+    /// Print a completion script for SHELL (e.g. `sockline completions
+    /// bash > /etc/bash_completion.d/sockline`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page: sockline(1), or with a command's name its own
+    /// page, sockline-serve(1) for `sockline man serve` (e.g. `sockline man
+    /// serve > /usr/local/share/man/man1/sockline-serve.1`).
+    Man {
+        /// serve, connect, bench or completions.
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -26,6 +26,13 @@ fn main() -> ExitCode {
             args.plot.as_deref(),
         )
         .map_err(anyhow::Error::from),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = cli::Cli::command();
+            clap_complete::generate(shell, &mut command, "sockline", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { command } => man(command.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +132,25 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     .context("server failed")
+}
+
+/// Prints sockline(1), or sockline-COMMAND(1).
+fn man(command: Option<&str>) -> Result<()> {
+    use clap::CommandFactory;
+    let mut top = cli::Cli::command();
+    top.build();
+    let page = match command {
+        None => top,
+        Some(name) => {
+            let Some(sub) = top.find_subcommand(name) else {
+                anyhow::bail!("no command {name:?} (serve, connect, bench, completions, man)");
+            };
+            let title: &'static str = format!("sockline-{name}").leak();
+            sub.clone().name(title).version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout())?;
+    Ok(())
 }
 
 /// `cannot listen[ for WHAT] on ADDR: address in use`: which listener, and

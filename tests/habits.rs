@@ -110,3 +110,36 @@ fn a_flag_of_another_mode_is_an_error_that_names_its_mode() {
     assert_eq!(done.status.code(), Some(2));
     assert!(done.stderr.contains("--max-conns"), "{}", done.stderr);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_same_definitions() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let done = sockline(&["completions", shell], "");
+        assert!(done.status.success(), "{shell}: {}", done.stderr);
+        // Every command and a flag of serve are in the script.
+        for word in ["serve", "connect", "bench", "max-line"] {
+            assert!(done.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let bash = sockline(&["completions", "bash"], "").stdout;
+    let dir = std::env::temp_dir().join(format!("sockline-completion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("sockline.bash"), &bash).unwrap();
+    // bash itself takes the script and completes `sockline se` to serve.
+    let check = format!(
+        "source {}/sockline.bash; COMP_WORDS=(sockline se); COMP_CWORD=1; _sockline sockline se sockline; echo ${{COMPREPLY[@]}}",
+        dir.display()
+    );
+    let out = Command::new("bash").args(["-c", &check]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "serve");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let page = sockline(&["man"], "");
+    assert!(page.stdout.starts_with(".ie"), "{}", page.stdout);
+    assert!(page.stdout.contains(".TH sockline 1"));
+    let serve = sockline(&["man", "serve"], "").stdout;
+    assert!(serve.contains(".TH sockline-serve 1"));
+    assert!(serve.contains("\\-\\-web"), "the page lacks --web");
+    let done = sockline(&["man", "nope"], "");
+    assert_eq!(done.status.code(), Some(1));
+}
