@@ -45,6 +45,9 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<()> {
     init_logging(args.quiet, args.verbose, args.log_format);
+    let say = Say {
+        json: args.log_format == LogFormat::Json,
+    };
     let redis_tls = redis_tls(&args)?;
     if let Some(url) = &args.redis {
         mode::check_url(url, redis_tls.as_ref()).map_err(anyhow::Error::msg)?;
@@ -57,7 +60,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     shutdown
         .trigger_on_signals()
         .context("cannot install signal handlers")?;
-    let tls = tls_config(&args)?;
+    let tls = tls_config(&args, &say)?;
     let config = Config {
         max_line: usize::try_from(args.max_line).unwrap_or(usize::MAX),
         max_conns: args.max_conns,
@@ -83,9 +86,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
             std::net::TcpListener::bind(at).map_err(|e| listen_error(" for metrics", at, &e))?;
-        eprintln!(
-            "sockline: metrics at http://{}/metrics",
-            metrics_listener.local_addr()?
+        let at = metrics_listener.local_addr()?;
+        say.line(
+            &format!("metrics at http://{at}/metrics"),
+            &[("metrics", at.to_string())],
         );
         sockline::metrics::serve(metrics_listener, config.metrics.clone())
             .context("cannot start the metrics server")?;
@@ -100,10 +104,10 @@ fn serve(args: ServeArgs) -> Result<()> {
                 } else {
                     "http"
                 };
-                eprintln!(
-                    "sockline: web listening on {} ({scheme}://{0}/)",
-                    web.local_addr()?
-                );
+                let at = web.local_addr()?;
+                let url = format!("{scheme}://{at}/");
+                let fields = [("web", at.to_string()), ("url", url.clone())];
+                say.line(&format!("web listening on {at} ({url})"), &fields);
                 Some(web)
             }
             None => None,
@@ -111,7 +115,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     // Last: tools wait for this line (the web one, if any, came first).
     let addr = listeners.lines.local_addr()?;
-    eprintln!("sockline: {:?} mode, listening on {addr}", args.mode);
+    let mode = format!("{:?}", args.mode).to_lowercase();
+    let message = format!("{:?} mode, listening on {addr}", args.mode);
+    say.line(&message, &[("listen", addr.to_string()), ("mode", mode)]);
     match args.mode {
         Mode::Ack => listeners.run(mode::Ack, config, shutdown),
         Mode::Echo => listeners.run(mode::Echo, config, shutdown),
@@ -121,7 +127,9 @@ fn serve(args: ServeArgs) -> Result<()> {
                 None => listeners.run(mode::Chat::with_rooms(rooms), config, shutdown),
                 Some(url) => {
                     let node = args.node.clone().unwrap_or_else(default_node);
-                    eprintln!("sockline: chat rooms through Redis at {url}, as node {node}");
+                    let fields = [("redis", url.clone()), ("node", node.clone())];
+                    let message = format!("chat rooms through Redis at {url}, as node {node}");
+                    say.line(&message, &fields);
                     let mut rooms = mode::RedisRooms::new(url, &node, rooms, args.history);
                     if let Some(certs) = redis_tls {
                         rooms = rooms.tls(certs);
@@ -132,6 +140,39 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     .context("server failed")
+}
+
+/// The server's own start-up lines (where it listens, the TLS fingerprint):
+/// always shown, also with `-q`, for people as `sockline: ...`, for
+/// machines (`--log-format json`) as one JSON object like the log's, with
+/// the facts as fields.
+struct Say {
+    json: bool,
+}
+
+impl Say {
+    fn line(&self, message: &str, fields: &[(&str, String)]) {
+        if !self.json {
+            eprintln!("sockline: {message}");
+            return;
+        }
+        use tracing_subscriber::fmt::format::Writer;
+        use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+        let mut timestamp = String::new();
+        let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+        let mut all = serde_json::Map::new();
+        all.insert("message".into(), message.into());
+        for (name, value) in fields {
+            all.insert((*name).into(), value.as_str().into());
+        }
+        let line = serde_json::json!({
+            "timestamp": timestamp,
+            "level": "INFO",
+            "fields": all,
+            "target": "sockline",
+        });
+        eprintln!("{line}");
+    }
 }
 
 /// Prints sockline(1), or sockline-COMMAND(1).
@@ -202,7 +243,7 @@ fn redis_tls(args: &ServeArgs) -> Result<Option<redis::TlsCertificates>> {
 }
 
 /// The server's TLS config from the --tls-* flags, if any.
-fn tls_config(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
+fn tls_config(args: &ServeArgs, say: &Say) -> Result<Option<Arc<rustls::ServerConfig>>> {
     use sockline::tls;
     let client_ca = args.tls_client_ca.as_deref();
     let config = if args.tls_self_signed {
@@ -211,10 +252,10 @@ fn tls_config(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
             names.push(args.listen.ip().to_string());
         }
         let made = tls::self_signed(names)?;
-        eprintln!(
-            "sockline: TLS with a self-signed certificate, SHA-256 fingerprint {}",
-            tls::fingerprint(&made.cert)
-        );
+        let fingerprint = tls::fingerprint(&made.cert);
+        let message =
+            format!("TLS with a self-signed certificate, SHA-256 fingerprint {fingerprint}");
+        say.line(&message, &[("fingerprint", fingerprint.clone())]);
         tls::server_config(vec![made.cert], made.key, client_ca)?
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         tls::server_config(tls::load_certs(cert)?, tls::load_key(key)?, client_ca)?
@@ -224,6 +265,12 @@ fn tls_config(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>> {
         return Ok(None);
     };
     Ok(Some(config))
+}
+
+/// Colour on a terminal only, and never with `NO_COLOR` set (no-color.org).
+fn colour() -> bool {
+    let off = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !off && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
 fn init_logging(quiet: bool, verbose: bool, format: LogFormat) {
@@ -239,7 +286,7 @@ fn init_logging(quiet: bool, verbose: bool, format: LogFormat) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour())
         .with_target(false);
     match format {
         LogFormat::Human => logs.init(),

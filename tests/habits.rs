@@ -143,3 +143,96 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     let done = sockline(&["man", "nope"], "");
     assert_eq!(done.status.code(), Some(1));
 }
+
+/// `sockline serve EXTRA` with its stderr on a pseudo-terminal, `env`
+/// set: what it printed once a client came and went.
+fn serve_on_a_terminal(env: &[(&str, &str)]) -> String {
+    use nix::pty::openpty;
+    use std::io::Read;
+    use std::process::Stdio;
+    let pty = openpty(None, None).expect("openpty");
+    let mut child = common::KillOnDrop(
+        Command::new(bin())
+            .args(["serve", "--listen", "0"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(pty.slave))
+            .spawn()
+            .unwrap(),
+    );
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    // Up to the `listening on` line, then one client.
+    while !String::from_utf8_lossy(&seen).contains("listening on ") {
+        let n = master.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let at = text.find("listening on ").unwrap() + "listening on ".len();
+    let addr: std::net::SocketAddr = text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    drop(std::net::TcpStream::connect(addr).unwrap());
+    while !String::from_utf8_lossy(&seen).contains("connection closed") {
+        let n = master.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = child.kill();
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let coloured = serve_on_a_terminal(&[]);
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = serve_on_a_terminal(&[("NO_COLOR", "1")]);
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+    // Piped (as every other test runs it): none.
+    let server = serve_binary(&[]);
+    drop(std::net::TcpStream::connect(server.addr).unwrap());
+    assert!(!server.banner.contains('\x1b'));
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_start_up_lines_included() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = common::KillOnDrop(
+        Command::new(bin())
+            .args(["serve", "--listen", "0", "--log-format", "json"])
+            .args(["--metrics-listen", "0", "--web", "0", "--tls-self-signed"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut fields = serde_json::Map::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let object: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let these = object["fields"].as_object().expect("fields").clone();
+        fields.extend(these);
+        if fields.contains_key("listen") {
+            break;
+        }
+    }
+    for name in ["fingerprint", "metrics", "web", "url", "listen", "mode"] {
+        assert!(fields.contains_key(name), "no {name} in {fields:?}");
+    }
+    let listen: std::net::SocketAddr = fields["listen"].as_str().unwrap().parse().unwrap();
+    assert!(listen.ip().is_loopback());
+}
