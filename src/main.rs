@@ -57,9 +57,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let listener = server::bind(args.listen).map_err(|e| listen_error("", args.listen, &e))?;
     let shutdown = Shutdown::new();
-    shutdown
-        .trigger_on_signals()
-        .context("cannot install signal handlers")?;
+
     let tls = tls_config(&args, &say)?;
     let config = Config {
         max_line: usize::try_from(args.max_line).unwrap_or(usize::MAX),
@@ -83,6 +81,18 @@ fn serve(args: ServeArgs) -> Result<()> {
             allowed: args.web_origin.clone(),
         },
     };
+    let (metrics, drain, json) = (config.metrics.clone(), args.drain_timeout, say.json);
+    shutdown
+        .trigger_on_signals_then(move || {
+            let open = metrics.open.load(std::sync::atomic::Ordering::Relaxed);
+            let plural = if open == 1 { "" } else { "s" };
+            let message = format!(
+                "draining {open} connection{plural} (at most {} s); Ctrl-C again to stop now",
+                drain.as_secs_f64()
+            );
+            Say { json }.line(&message, &[("draining", open.to_string())]);
+        })
+        .context("cannot install signal handlers")?;
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
             std::net::TcpListener::bind(at).map_err(|e| listen_error(" for metrics", at, &e))?;

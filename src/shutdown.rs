@@ -38,16 +38,30 @@ impl Shutdown {
         self.inner.triggered.load(Ordering::SeqCst)
     }
 
-    /// Triggers this signal on SIGINT or SIGTERM (from a background thread).
+    /// Triggers this signal on SIGINT or SIGTERM (from a background thread);
+    /// a second one ends the process at once (exit 130 for SIGINT, 143 for
+    /// SIGTERM), as a second Ctrl-C does for most tools.
     pub fn trigger_on_signals(&self) -> io::Result<()> {
+        self.trigger_on_signals_then(|| {})
+    }
+
+    /// [`trigger_on_signals`](Self::trigger_on_signals), calling `draining`
+    /// at the first signal (to say what the process now does).
+    pub fn trigger_on_signals_then(&self, draining: impl Fn() + Send + 'static) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
         let this = self.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                if signals.forever().next().is_some() {
-                    this.trigger();
+                let mut signals = signals.forever();
+                if signals.next().is_none() {
+                    return;
+                }
+                this.trigger();
+                draining();
+                if let Some(again) = signals.next() {
+                    std::process::exit(128 + again);
                 }
             })?;
         Ok(())

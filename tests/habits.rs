@@ -236,3 +236,43 @@ fn json_logs_are_one_object_a_line_start_up_lines_included() {
     let listen: std::net::SocketAddr = fields["listen"].as_str().unwrap().parse().unwrap();
     assert!(listen.ip().is_loopback());
 }
+
+#[test]
+fn ctrl_c_says_it_drains_and_a_second_one_stops_at_once() {
+    let mut server = serve_binary(&["--drain-timeout", "30"]);
+    // A client that sends and never reads: its replies hold the drain.
+    let mut stuck = common::connect(server.addr);
+    let lines = "x\n".repeat(1 << 20);
+    let writer = {
+        let mut stuck = stuck.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stuck.write_all(lines.as_bytes());
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.child.id().to_string();
+    let int = |pid: &str| {
+        let status = Command::new("kill").args(["-INT", pid]).status().unwrap();
+        assert!(status.success());
+    };
+    int(&pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "it did not drain"
+    );
+    int(&pid);
+    let status = common::wait_within(&mut server.child, Duration::from_secs(5))
+        .expect("the second Ctrl-C did not stop it at once");
+    assert_eq!(status.code(), Some(130));
+    let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+        .join()
+        .unwrap();
+    assert!(
+        log.contains("draining 1 connection (at most 30 s); Ctrl-C again to stop now"),
+        "{log}"
+    );
+    let _ = stuck.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+}

@@ -92,7 +92,13 @@ pub fn serve_binary(extra: &[&str]) -> Binary {
             "server exited before listening: {banner}"
         );
         banner.push_str(&line);
-        if let Some(at) = line
+        if line.starts_with('{') {
+            // --log-format json: the address is a field.
+            let object: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(listen) = object["fields"]["listen"].as_str() {
+                break listen.parse().unwrap();
+            }
+        } else if let Some(at) = line
             .find("listening on ")
             .filter(|_| !line.contains("web listening"))
         {
