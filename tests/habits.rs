@@ -241,7 +241,7 @@ fn json_logs_are_one_object_a_line_start_up_lines_included() {
 fn ctrl_c_says_it_drains_and_a_second_one_stops_at_once() {
     let mut server = serve_binary(&["--drain-timeout", "30"]);
     // A client that sends and never reads: its replies hold the drain.
-    let mut stuck = common::connect(server.addr);
+    let stuck = common::connect(server.addr);
     let lines = "x\n".repeat(1 << 20);
     let writer = {
         let mut stuck = stuck.try_clone().unwrap();
