@@ -740,7 +740,7 @@ impl<S> Connection<S> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    tracing::info!(peer = %self.peer, "TLS: {e}");
+                    tracing::debug!(peer = %self.peer, "TLS: {e}");
                 }
                 Some(Status::Close(error_reason(&e)))
             }

@@ -82,8 +82,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
     };
     let (metrics, drain, json) = (config.metrics.clone(), args.drain_timeout, say.json);
+    let quiet = args.quiet;
     shutdown
         .trigger_on_signals_then(move || {
+            if quiet {
+                return;
+            }
             let open = metrics.open.load(std::sync::atomic::Ordering::Relaxed);
             let plural = if open == 1 { "" } else { "s" };
             let message = format!(
@@ -93,6 +97,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             Say { json }.line(&message, &[("draining", open.to_string())]);
         })
         .context("cannot install signal handlers")?;
+    summarize(config.metrics.clone());
     if let Some(at) = args.metrics_listen {
         let metrics_listener =
             std::net::TcpListener::bind(at).map_err(|e| listen_error(" for metrics", at, &e))?;
@@ -150,6 +155,48 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
     }
     .context("server failed")
+}
+
+/// Connection churn, once a second when there was any, at the default log
+/// level: a burst of thousands of connections is a line a second, not a
+/// line each (`-v` shows each).
+fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
+    let spawned = std::thread::Builder::new()
+        .name("summary".into())
+        .spawn(move || {
+            let mut last = metrics.churn();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let now = metrics.churn();
+                let opened = now.0 - last.0;
+                let closed = now.1 - last.1;
+                let deltas: Vec<(&str, u64)> = (now.2.iter().zip(last.2))
+                    .map(|(&(why, n), (_, was))| (why, n - was))
+                    .filter(|&(_, n)| n > 0)
+                    .collect();
+                last = now;
+                let refused: u64 = deltas.iter().map(|(_, n)| n).sum();
+                if opened == 0 && closed == 0 && refused == 0 {
+                    continue;
+                }
+                let reasons: Vec<String> = (deltas.iter())
+                    .map(|(why, n)| format!("{n} {why}"))
+                    .collect();
+                let refusals = match reasons.is_empty() {
+                    true => String::new(),
+                    false => format!(", refused {refused} ({})", reasons.join(", ")),
+                };
+                tracing::info!(
+                    opened,
+                    closed,
+                    refused,
+                    "connections in the last second: {opened} opened, {closed} closed{refusals}"
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no connection summaries: {e}");
+    }
 }
 
 /// The server's own start-up lines (where it listens, the TLS fingerprint):
@@ -285,12 +332,13 @@ fn colour() -> bool {
 
 fn init_logging(quiet: bool, verbose: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    // Our own lines at the level asked for; libraries' only when they warn.
     let default = if quiet {
         "warn"
     } else if verbose {
-        "debug"
+        "warn,sockline=debug"
     } else {
-        "info"
+        "warn,sockline=info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()

@@ -189,6 +189,18 @@ impl Metrics {
         self.cut_bytes.fetch_add(unsent, Relaxed);
     }
 
+    /// Connections admitted, closed, and refused by reason (in
+    /// [`Refusal`] order: full, denied, per address, PROXY header) so far:
+    /// for a summary of the churn, where logging each would flood.
+    pub fn churn(&self) -> (u64, u64, [(&'static str, u64); 4]) {
+        let closed = CLOSES
+            .iter()
+            .map(|&why| self.closed.of(why).load(Relaxed))
+            .sum();
+        let refused = REFUSALS.map(|why| (why.reason(), self.refused.of(why).load(Relaxed)));
+        (self.accepted.load(Relaxed), closed, refused)
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Relaxed);

@@ -465,8 +465,8 @@ impl<P: Protocol> Worker<P> {
         if let Err(why) = verdict {
             shared.config.metrics.refused(why);
             match proxied {
-                true => tracing::info!(proxy = %peer, "refused: {}", why.reason()),
-                false => tracing::info!(%peer, "refused: {}", why.reason()),
+                true => tracing::debug!(proxy = %peer, "refused: {}", why.reason()),
+                false => tracing::debug!(%peer, "refused: {}", why.reason()),
             }
             // Over TLS, or on the web listener, the reason can be told only
             // after a handshake (TLS, HTTP): a few such refusals at a time.
@@ -516,7 +516,7 @@ impl<P: Protocol> Worker<P> {
             }
         };
         if refusal.is_none() && !proxied {
-            tracing::info!(%peer, "connection opened");
+            tracing::debug!(%peer, "connection opened");
         }
         let id = ConnId::new(key, self.generation);
         self.generation = self.generation.wrapping_add(1);
@@ -576,7 +576,7 @@ impl<P: Protocol> Worker<P> {
             Ok(()) => shared.admission.admit_reserved(peer.ip()),
             Err(bad) => {
                 shared.admission.unreserve();
-                tracing::info!(%proxy, "refused: {} ({bad})", Refusal::Proxy.reason());
+                tracing::debug!(%proxy, "refused: {} ({bad})", Refusal::Proxy.reason());
                 Err(Refusal::Proxy)
             }
         };
@@ -585,13 +585,13 @@ impl<P: Protocol> Worker<P> {
             None => {
                 entry.standing = Standing::Admitted;
                 shared.config.metrics.accepted();
-                tracing::info!(%peer, %proxy, "connection opened");
+                tracing::debug!(%peer, %proxy, "connection opened");
             }
             Some(why) => {
                 entry.standing = Standing::Refused;
                 shared.config.metrics.refused(why);
                 if header.is_ok() {
-                    tracing::info!(%peer, %proxy, "refused: {}", why.reason());
+                    tracing::debug!(%peer, %proxy, "refused: {}", why.reason());
                 }
                 if shared.config.tls.is_some() || entry.conn.is_web() {
                     if self.refusing >= TLS_REFUSALS {
@@ -712,12 +712,12 @@ impl<P: Protocol> Worker<P> {
                     why => format!("{} before one", why.as_str()),
                 };
                 let proxy = entry.conn.peer();
-                tracing::info!(%proxy, "refused: {} ({before})", Refusal::Proxy.reason());
+                tracing::debug!(%proxy, "refused: {} ({before})", Refusal::Proxy.reason());
             }
             Standing::Admitted => {
                 self.shared.release(entry.conn.peer().ip());
                 metrics.closed(why);
-                tracing::info!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+                tracing::debug!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
             }
         }
         let linger = may_linger && why.lingers() && (self.draining || self.lingering < LINGER_MAX);

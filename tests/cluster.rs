@@ -740,7 +740,7 @@ fn three_nodes_behind_haproxy_are_one_chat() {
     let nodes: Vec<common::Binary> = (["a", "b", "c"].iter().zip(&metrics))
         .map(|(name, metrics)| {
             let args = ["--mode", "chat", "--redis", &url, "--node", name];
-            let more = ["--proxy-protocol", "--metrics-listen", metrics];
+            let more = ["--proxy-protocol", "--metrics-listen", metrics, "-v"];
             serve_binary(&[&args[..], &more].concat())
         })
         .collect();

@@ -178,7 +178,7 @@ fn serve_on_a_terminal(env: &[(&str, &str)]) -> String {
         .parse()
         .unwrap();
     drop(std::net::TcpStream::connect(addr).unwrap());
-    while !String::from_utf8_lossy(&seen).contains("connection closed") {
+    while !String::from_utf8_lossy(&seen).contains("1 opened") {
         let n = master.read(&mut buf).unwrap();
         seen.extend_from_slice(&buf[..n]);
     }
@@ -275,4 +275,43 @@ fn ctrl_c_says_it_drains_and_a_second_one_stops_at_once() {
     );
     let _ = stuck.shutdown(std::net::Shutdown::Both);
     let _ = writer.join();
+}
+
+#[test]
+fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
+    for verbose in [false, true] {
+        let mut args = vec!["--max-conns", "1"];
+        if verbose {
+            args.push("-v");
+        }
+        let mut server = serve_binary(&args);
+        let _first = common::connect(server.addr);
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..200 {
+            let mut refused = common::connect(server.addr);
+            let _ = common::read_to_close(&mut refused);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+            .join()
+            .unwrap();
+        let each = log.matches("refused: server full").count();
+        let summaries: Vec<&str> = (log.lines())
+            .filter(|l| l.contains("connections in the last second"))
+            .collect();
+        let refused: u64 = (summaries.iter())
+            .filter_map(|l| l.split("refused ").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(refused, 200, "{summaries:?}");
+        match verbose {
+            false => {
+                assert_eq!(each, 0, "{log}");
+                assert!(summaries.len() <= 3, "{summaries:?}");
+            }
+            true => assert_eq!(each, 200),
+        }
+    }
 }

@@ -154,7 +154,7 @@ fn metrics_count_connections_lines_bytes_and_reasons() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let mut server = common::serve_binary(&["--log-format", "json"]);
+    let mut server = common::serve_binary(&["--log-format", "json", "-v"]);
     let mut client = connect(server.addr);
     send(&mut client, b"BYE\n");
     assert_eq!(read_to_close(&mut client), REPLY);
@@ -171,7 +171,7 @@ fn json_logs_are_one_object_per_line() {
         .find(|l| l.contains("connection opened"))
         .unwrap_or_else(|| panic!("no open line in {log}"));
     let object: serde_json::Value = serde_json::from_str(opened).unwrap();
-    assert_eq!(object["level"], "INFO");
+    assert_eq!(object["level"], "DEBUG");
     assert_eq!(object["fields"]["message"], "connection opened");
     assert_eq!(
         object["fields"]["peer"],

@@ -517,8 +517,8 @@ fn behind_a_real_haproxy_each_server_sees_the_real_clients() {
 fn haproxy_s_health_checks_are_served_by_its_own_address() {
     // HAProxy's checks send a header too: v1 with the check's own
     // addresses, v2 as LOCAL (no address). Neither is refused.
-    let v1_server = serve_binary(&["--proxy-protocol"]);
-    let v2_server = serve_binary(&["--proxy-protocol"]);
+    let v1_server = serve_binary(&["--proxy-protocol", "-v"]);
+    let v2_server = serve_binary(&["--proxy-protocol", "-v"]);
     let balancer = Haproxy::start(
         "haproxy-checks",
         &format!(
