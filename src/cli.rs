@@ -49,13 +49,13 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Ack)]
     pub mode: Mode,
     /// Longest accepted line in bytes; longer ones get an error and a close.
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_line: u64,
     /// Connections served at once; more are told `ERR server full`.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_conns: usize,
     /// Seconds a shutdown (SIGINT/SIGTERM) waits for replies to drain.
-    #[arg(long, default_value = "5", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
     pub drain_timeout: Duration,
     /// Only clients in this network may connect (repeatable; IPv4 or IPv6
     /// CIDR, or one address: 10.0.0.1 is 10.0.0.1/32).
@@ -66,10 +66,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CIDR", value_parser = network)]
     pub deny: Vec<ipnet::IpNet>,
     /// Connections one IP address may hold at once (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_conns_per_ip: usize,
-    /// Close a connection that sends no complete line for this many seconds.
-    #[arg(long, value_parser = seconds)]
+    /// Close a connection that sends no complete line for this many seconds
+    /// (default, or 0: never).
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
     pub idle_timeout: Option<Duration>,
     /// Lines a second one connection may send; past it the server reads
     /// that connection more slowly (TCP backpressure), dropping nothing.
@@ -77,7 +78,7 @@ pub struct ServeArgs {
     pub max_lines_per_sec: Option<u32>,
     /// Close a connection whose pending replies the client takes none of
     /// for this many seconds (it does not read); 0 turns this off.
-    #[arg(long, default_value = "30", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     pub write_timeout: Duration,
     /// Speak TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -96,7 +97,7 @@ pub struct ServeArgs {
     /// --proxy-protocol, to send its PROXY header and, with TLS, finish
     /// the handshake after it; on the --web listener, to send its whole
     /// HTTP request too).
-    #[arg(long, default_value = "10", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub tls_handshake_timeout: Duration,
     /// Behind a load balancer (HAProxy send-proxy or send-proxy-v2, nginx
     /// proxy_protocol, cloud load balancers): every connection must start
@@ -123,10 +124,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ORIGIN", requires = "web")]
     pub web_origin: Vec<String>,
     /// How log lines look.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Event-loop threads (default: one per CPU available).
-    #[arg(long, default_value_t = 0)]
+    /// Event-loop threads (0: one per CPU available; chat always runs one).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
     /// Chat: lines of a room replayed to whoever joins it.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -236,7 +237,7 @@ pub struct ConnectArgs {
     /// The port, when HOST and PORT are given apart.
     pub port: Option<u16>,
     /// Seconds to wait for connecting, and for the server to close after BYE.
-    #[arg(long, default_value = "5", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
     pub timeout: Duration,
     /// Speak TLS (the server's certificate is checked against the public
     /// roots, --ca, or --pin).
@@ -304,31 +305,31 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = sockline::loadgen::Scenario::Rr)]
     pub scenario: sockline::loadgen::Scenario,
     /// Connections (fanout: room members).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub conns: u64,
     /// rr: request lines in flight per connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub pipeline: u64,
     /// rr and fanout: seconds to send for.
-    #[arg(long, default_value = "10", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub duration: Duration,
     /// rr: total requests to send; wins over --duration.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub requests: Option<u64>,
     /// The request line (rr, idle).
-    #[arg(long, default_value = "hello")]
+    #[arg(long, value_name = "LINE", default_value = "hello")]
     pub payload: String,
     /// Each reply must equal its request line, or it counts as an error.
     #[arg(long)]
     pub verify_echo: bool,
     /// idle: seconds to hold all connections before each sends its line.
-    #[arg(long, default_value = "1", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = seconds)]
     pub hold: Duration,
     /// fanout: how many members send.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub senders: usize,
     /// fanout: lines per second per sender.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_name = "N", default_value_t = 10.0)]
     pub rate: f64,
     /// fanout: spread the senders evenly over one period instead of having
     /// them send on the same tick.
@@ -341,17 +342,17 @@ pub struct BenchArgs {
     pub server_pid: Vec<u32>,
     /// Seconds to wait for a connect, or for a reply that is owed, before
     /// counting an error.
-    #[arg(long, default_value = "10", value_parser = seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub timeout: Duration,
     /// Print a JSON object (an array with --sweep) instead of a table.
     #[arg(long)]
     pub json: bool,
     /// rr once per connection count, e.g. 1,10,100,1000; one row each.
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub sweep: Vec<u64>,
     /// With --sweep: draw throughput and p99 latency against connections
     /// into this SVG file.
-    #[arg(long, requires = "sweep")]
+    #[arg(long, value_name = "FILE", requires = "sweep")]
     pub plot: Option<std::path::PathBuf>,
 }
 

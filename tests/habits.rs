@@ -315,3 +315,46 @@ fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
         }
     }
 }
+
+#[test]
+fn help_texts_name_values_as_the_readme_does() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let words = [
+        "ADDR", "BYTES", "CIDR", "FILE", "FORMAT", "LINE", "MODE", "N", "NAME", "ORIGIN", "PID",
+        "SCENARIO", "SECONDS", "URL", "SHA256", "SHELL", "COMMAND",
+    ];
+    for command in ["serve", "connect", "bench"] {
+        let help = sockline(&[command, "--help"], "").stdout;
+        for line in help.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let Some(name) = line.split('<').nth(1).and_then(|r| r.split('>').next()) else {
+                continue;
+            };
+            let name = name.trim_end_matches(",N,...");
+            assert!(words.contains(&name), "{command}: <{name}> in {line:?}");
+        }
+    }
+    // Each of the README's flag tables uses the same words.
+    for word in ["ADDR", "BYTES", "CIDR", "FILE", "N"] {
+        assert!(readme.contains(&format!(" {word}`")), "README lacks {word}");
+    }
+    // Where 0 means something, the help says what.
+    let serve = sockline(&["serve", "--help"], "").stdout;
+    for flag in [
+        "--max-conns-per-ip",
+        "--idle-timeout",
+        "--write-timeout",
+        "--workers",
+        "--history-rooms",
+    ] {
+        let at = serve.find(&format!("{flag} <")).unwrap();
+        let text = &serve[at..];
+        let text = &text[..text[2..]
+            .find("\n      --")
+            .map_or(text.len(), |end| end + 2)];
+        assert!(
+            text.contains("0"),
+            "{flag} does not say what 0 means: {text}"
+        );
+    }
+}
