@@ -182,16 +182,17 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
                 let reasons: Vec<String> = (deltas.iter())
                     .map(|(why, n)| format!("{n} {why}"))
                     .collect();
-                let refusals = match reasons.is_empty() {
-                    true => String::new(),
-                    false => format!(", refused {refused} ({})", reasons.join(", ")),
-                };
-                tracing::info!(
-                    opened,
-                    closed,
-                    refused,
-                    "connections in the last second: {opened} opened, {closed} closed{refusals}"
-                );
+                let refused_for = reasons.join(", ");
+                match refused {
+                    0 => tracing::info!(opened, closed, "connections in the last second"),
+                    _ => tracing::info!(
+                        opened,
+                        closed,
+                        refused,
+                        refused_for,
+                        "connections in the last second"
+                    ),
+                }
             }
         });
     if let Err(e) = spawned {

@@ -178,7 +178,7 @@ fn serve_on_a_terminal(env: &[(&str, &str)]) -> String {
         .parse()
         .unwrap();
     drop(std::net::TcpStream::connect(addr).unwrap());
-    while !String::from_utf8_lossy(&seen).contains("1 opened") {
+    while !String::from_utf8_lossy(&seen).contains("connections in the last second") {
         let n = master.read(&mut buf).unwrap();
         seen.extend_from_slice(&buf[..n]);
     }
@@ -302,7 +302,7 @@ fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
             .filter(|l| l.contains("connections in the last second"))
             .collect();
         let refused: u64 = (summaries.iter())
-            .filter_map(|l| l.split("refused ").nth(1))
+            .filter_map(|l| l.split(" refused=").nth(1))
             .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
             .sum();
         assert_eq!(refused, 200, "{summaries:?}");
