@@ -12,7 +12,9 @@
 # ratios are also given per round. Per server and round: rr with 50
 # connections and 1, then 16, messages in flight (server CPU µs per
 # message), then a fresh server for the idle run: IDLE WebSocket
-# connections held (RSS per idle connection), then one message each.
+# connections held (RSS per idle connection), then one message each. The
+# server's CPU per message is also split into user space and kernel
+# (utime and stime around each rr run).
 #
 # Env: DURATION (s per rr run, default 5), IDLE (connections held, 10000),
 # PEERS (which servers, default "sockline node tungstenite tungstenite-8k"),
@@ -66,14 +68,24 @@ start() {
 }
 stop() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; }
 load() { taskset -c 1 "$SOCKLINE" bench "$URL" --server-pid "$PID" --json "$@"; }
+# The server's utime and stime so far, in ticks (/proc/PID/stat fields 14, 15).
+ticks() { awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$PID/stat"; }
+# rr DEPTH: 50 connections, DEPTH in flight; the server's user/system split
+# around the run goes next to the report.
+rr() {
+  local before
+  before=$(ticks)
+  load --conns 50 --pipeline "$1" --duration "$DURATION" > "$OUT/$peer.rr$1.$round.json"
+  echo "$before $(ticks)" > "$OUT/$peer.rr$1.$round.ticks"
+}
 
 order=("${PEERS[@]}")
 for round in $(seq "$ROUNDS"); do
   for peer in "${order[@]}"; do
     echo "round $round: $peer" >&2
     start "$peer"
-    load --conns 50 --pipeline 1 --duration "$DURATION" > "$OUT/$peer.rr1.$round.json"
-    load --conns 50 --pipeline 16 --duration "$DURATION" > "$OUT/$peer.rr16.$round.json"
+    rr 1
+    rr 16
     stop
     start "$peer"
     load --scenario idle --conns "$IDLE" --hold 2 --verify-echo > "$OUT/$peer.idle.$round.json"
@@ -89,7 +101,14 @@ python3 - "$OUT" "$ROUNDS" "$IDLE" "${PEERS[@]}" <<'EOF'
 import json, statistics, sys
 out, rounds, idle, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def rep(peer, kind, r):
-    return json.load(open(f"{out}/{peer}.{kind}.{r}.json"))
+    x = json.load(open(f"{out}/{peer}.{kind}.{r}.json"))
+    try:
+        u0, s0, u1, s1 = map(int, open(f"{out}/{peer}.{kind}.{r}.ticks").read().split())
+        if x.get("server_cpu_us_per_op") is not None and (u1 - u0) + (s1 - s0) > 0:
+            x["user_us_per_op"] = x["server_cpu_us_per_op"] * (u1 - u0) / ((u1 - u0) + (s1 - s0))
+    except FileNotFoundError:
+        pass
+    return x
 def val(peer, kind, field, r):
     x = rep(peer, kind, r)
     if x.get("errors"):
@@ -103,6 +122,8 @@ others = [p for p in peers if p != "sockline"]
 rows = [
     ("server CPU µs per message, 50 conns, 1 in flight", "rr1", "server_cpu_us_per_op", 3, "≤ 0.7 × best peer"),
     ("server CPU µs per message, 50 conns, 16 in flight", "rr16", "server_cpu_us_per_op", 3, "≤ 0.7 × best peer"),
+    ("of which user space (the rest: kernel), 1 in flight", "rr1", "user_us_per_op", 3, ""),
+    ("of which user space (the rest: kernel), 16 in flight", "rr16", "user_us_per_op", 3, ""),
     (f"RSS KiB per idle WebSocket, {idle} held", "idle", "server_rss_per_conn_kib", 2, "≤ 1 KiB"),
     (f"RSS KiB per WebSocket, {idle} after one message each", "idle", "server_rss_per_conn_answered_kib", 2, ""),
     ("throughput k messages/s, 50 conns, 1 in flight", "rr1", "throughput", 0, ""),
