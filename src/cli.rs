@@ -292,7 +292,8 @@ impl ConnectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Server address, HOST:PORT. fanout: several, comma-separated
+    /// Server address, HOST:PORT, or ws://HOST:PORT/PATH for a WebSocket
+    /// endpoint (each line one message). fanout: several, comma-separated
     /// (HOST:PORT,HOST:PORT), spread the members over those servers
     /// round-robin, as --also does.
     pub addr: String,

@@ -522,3 +522,106 @@ fn sweep_runs_rr_once_per_count() {
     assert_eq!(rows.iter().map(|r| r.opened).collect::<Vec<_>>(), [1, 3]);
     server.stop().unwrap();
 }
+
+/// `ws://IP:PORT/ws` of a real server started with `--web`, from the
+/// `web listening on IP:PORT` line before its "listening on" one.
+fn ws_url(server: &common::Binary) -> String {
+    const LINE: &str = "web listening on ";
+    let line = (server.banner.lines())
+        .find(|line| line.contains(LINE))
+        .unwrap_or_else(|| panic!("no web address in: {}", server.banner));
+    let at = line.find(LINE).unwrap() + LINE.len();
+    let addr: SocketAddr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    format!("ws://{addr}/ws")
+}
+
+#[test]
+fn cli_bench_speaks_websocket_rr_and_idle() {
+    let server = common::serve_binary(&["--quiet", "--mode", "echo", "--web", "127.0.0.1:0"]);
+    let url = ws_url(&server);
+    let pid = server.child.id().to_string();
+    let common = [
+        "--verify-echo",
+        "--timeout",
+        "5",
+        "--json",
+        "--server-pid",
+        &pid,
+    ];
+
+    let mut args = strings(&[
+        &url,
+        "--requests",
+        "2000",
+        "--conns",
+        "4",
+        "--pipeline",
+        "8",
+    ]);
+    args.extend(strings(&common));
+    let r: Report = serde_json::from_str(&run_cli(args)).unwrap();
+    assert_eq!((r.opened, r.errors), (4, 0), "{:?}", r.first_error);
+    assert_eq!(r.completed, Some(2000));
+    assert_eq!(r.addr, url);
+    assert_ordered_latency(&r);
+    assert!(r.server_cpu_us_per_op.is_some());
+
+    let mut args = strings(&[&url, "--scenario", "idle", "--conns", "20", "--hold", "0.2"]);
+    args.extend(strings(&common));
+    let r: Report = serde_json::from_str(&run_cli(args)).unwrap();
+    assert_eq!(
+        (r.opened, r.answered, r.errors),
+        (20, Some(20), 0),
+        "{:?}",
+        r.first_error
+    );
+    assert!(r.server_rss_per_conn_kib.is_some());
+
+    // A path that is no WebSocket: one line, saying what the server said.
+    let out = within(30, {
+        let url = url.replace("/ws", "/nope");
+        move || {
+            Command::new(common::bin())
+                .args(["bench", &url, "--requests", "10", "--timeout", "5"])
+                .output()
+                .unwrap()
+        }
+    });
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn cli_bench_fanout_over_websocket_and_mixed_with_lines() {
+    let server = common::serve_binary(&["--quiet", "--mode", "chat", "--web", "127.0.0.1:0"]);
+    let url = ws_url(&server);
+    let fanout = ["--scenario", "fanout", "--conns", "6", "--senders", "2"];
+    let run = [
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--timeout",
+        "5",
+        "--json",
+    ];
+    // All members on WebSocket, then half of them on TCP in the same room.
+    for addr in [url.clone(), format!("{url},{}", server.addr)] {
+        let mut args = strings(&[&addr]);
+        args.extend(strings(&fanout));
+        args.extend(strings(&run));
+        let r: Report = serde_json::from_str(&run_cli(args)).unwrap();
+        assert_eq!((r.opened, r.errors), (6, 0), "{addr}: {:?}", r.first_error);
+        assert_eq!(r.sent, Some(40), "{addr}");
+        assert_eq!(r.delivered, r.expected, "{addr}");
+        assert_eq!(r.order_violations, Some(0), "{addr}");
+        assert_eq!(r.addr, addr);
+    }
+}

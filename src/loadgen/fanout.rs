@@ -15,11 +15,18 @@
 //! other: in one room every member must see the lines it shares with any
 //! other member in the same relative order; each line a receiver got out of
 //! that order is an order violation.
+//!
+//! Over WebSocket every stamped line is one text message, and every message
+//! a member receives is one line.
 
-use super::net::open_all;
+use super::net::{Conn, open_all};
 use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
+use super::ws::{self, Incoming, WsStream};
 use super::{Ctx, Report, per_conn, per_op};
 use crate::error::describe;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The marker that starts a stamped line's text.
 const MARKER: &[u8] = b"#b ";
@@ -54,8 +62,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let (stop, stopped) = watch::channel(false);
     let mut readers = JoinSet::new();
     let mut writers = Vec::new();
-    for (me, stream) in std::mem::take(&mut opened.streams).into_iter().enumerate() {
-        let (rd, wr) = stream.into_split();
+    for (me, conn) in std::mem::take(&mut opened.streams).into_iter().enumerate() {
         let reader = Reader {
             me,
             epoch,
@@ -63,9 +70,19 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
             stats: ctx.stats.clone(),
             stop: stopped.clone(),
         };
-        readers.spawn(receive(reader, rd));
         // A dropped write half would shut the connection down: keep all.
-        writers.push(wr);
+        match conn {
+            Conn::Lines(stream) => {
+                let (rd, wr) = stream.into_split();
+                readers.spawn(receive(reader, rd));
+                writers.push(Tx::Lines(wr));
+            }
+            Conn::Ws(ws) => {
+                let (wr, rd) = (*ws).split();
+                readers.spawn(receive_ws(reader, rd));
+                writers.push(Tx::Ws(wr));
+            }
+        }
     }
     tokio::time::sleep(SETTLE).await;
 
@@ -162,18 +179,44 @@ struct Plan {
     epoch: Instant,
 }
 
+/// A member's sending half: a line connection's write half, or a
+/// WebSocket's sink.
+enum Tx {
+    Lines(OwnedWriteHalf),
+    Ws(SplitSink<WsStream, Message>),
+}
+
+/// A member's receiving half, kept open until the run is measured.
+enum Rx {
+    Lines(#[allow(dead_code)] OwnedReadHalf),
+    Ws(#[allow(dead_code)] SplitStream<WsStream>),
+}
+
 /// Sends the stamped lines on schedule; line `k` is due `k / rate` seconds
-/// after the first, so a late line does not shift the rest.
-async fn send(mut wr: OwnedWriteHalf, plan: Plan, stats: Arc<Stats>) -> Option<OwnedWriteHalf> {
-    let mut line = Vec::with_capacity(64);
+/// after the first, so a late line does not shift the rest. Over
+/// WebSocket each line is one text message, without its `\n`.
+async fn send(mut wr: Tx, plan: Plan, stats: Arc<Stats>) -> Option<Tx> {
+    let mut line = String::with_capacity(64);
     for seq in 0..plan.lines {
         let due = plan.first + Duration::from_secs_f64(seq as f64 / plan.rate);
         tokio::time::sleep_until(due.into()).await;
         line.clear();
         let stamp = nanos(plan.epoch.elapsed());
-        line.extend_from_slice(format!("#b {} {seq} {stamp}\n", plan.me).as_bytes());
-        if let Err(e) = wr.write_all(&line).await {
-            stats.error(|| format!("member {} cannot send: {}", plan.me, describe(&e)));
+        line.push_str(&format!("#b {} {seq} {stamp}", plan.me));
+        let sent = match &mut wr {
+            Tx::Lines(wr) => {
+                line.push('\n');
+                wr.write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| describe(&e))
+            }
+            Tx::Ws(wr) => {
+                let message = Message::text(line.as_str());
+                wr.send(message).await.map_err(ws::describe_ws)
+            }
+        };
+        if let Err(e) = sent {
+            stats.error(|| format!("member {} cannot send: {e}", plan.me));
             return None;
         }
         Stats::add(&stats.sent, 1);
@@ -222,19 +265,41 @@ struct Reader {
 /// order they came, and its read half if the connection is still open.
 struct Received {
     seen: Vec<u32>,
-    rd: Option<OwnedReadHalf>,
+    rd: Option<Rx>,
+}
+
+impl Reader {
+    /// Counts one line received at `now`: a delivery when it is another
+    /// member's stamped line.
+    fn take(
+        &self,
+        line: &[u8],
+        now: u64,
+        latency: &mut Histogram<u64>,
+        seen: &mut Vec<u32>,
+    ) -> u64 {
+        match stamp(line) {
+            Some((from, seq, sent)) if from != self.me => {
+                record(latency, now.saturating_sub(sent));
+                seen.extend(self.ids.id(from, seq));
+                1
+            }
+            Some(_) => 0, // Our own line, if the server echoes it.
+            None if is_err(line) => {
+                let me = self.me;
+                self.stats
+                    .error(|| format!("member {me}: server sent {}", quote(line)));
+                0
+            }
+            None => 0, // A greeting, notice or anything else.
+        }
+    }
 }
 
 /// Reads member `me`'s connection until told to stop, counting the stamped
 /// lines of other members and recording their order.
-async fn receive(reader: Reader, mut rd: OwnedReadHalf) -> Received {
-    let Reader {
-        me,
-        epoch,
-        ids,
-        stats,
-        mut stop,
-    } = reader;
+async fn receive(mut reader: Reader, mut rd: OwnedReadHalf) -> Received {
+    let (me, epoch, stats) = (reader.me, reader.epoch, reader.stats.clone());
     let mut seen = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -242,7 +307,7 @@ async fn receive(reader: Reader, mut rd: OwnedReadHalf) -> Received {
             buf.reserve(4096);
         }
         tokio::select! {
-            _ = stop.changed() => return Received { seen, rd: Some(rd) },
+            _ = reader.stop.changed() => return Received { seen, rd: Some(Rx::Lines(rd)) },
             result = rd.read_buf(&mut buf) => match result {
                 Ok(0) => {
                     stats.error(|| format!("member {me}: connection closed by the server"));
@@ -255,18 +320,7 @@ async fn receive(reader: Reader, mut rd: OwnedReadHalf) -> Received {
                     while let Some(end) = memchr::memchr(b'\n', &buf[consumed..]) {
                         let line = &buf[consumed..consumed + end];
                         consumed += end + 1;
-                        match stamp(line) {
-                            Some((from, seq, sent)) if from != me => {
-                                delivered += 1;
-                                record(&mut latency, now.saturating_sub(sent));
-                                seen.extend(ids.id(from, seq));
-                            }
-                            Some(_) => {} // Our own line, if the server echoes it.
-                            None if is_err(line) => {
-                                stats.error(|| format!("member {me}: server sent {}", quote(line)));
-                            }
-                            None => {} // A greeting, notice or anything else.
-                        }
+                        delivered += reader.take(line, now, &mut latency, &mut seen);
                     }
                     drop(latency);
                     Stats::add(&stats.done, delivered);
@@ -281,6 +335,33 @@ async fn receive(reader: Reader, mut rd: OwnedReadHalf) -> Received {
                     return Received { seen, rd: None };
                 }
             },
+        }
+    }
+}
+
+/// [`receive`] for a WebSocket member: every message is one line.
+async fn receive_ws(mut reader: Reader, mut rd: SplitStream<WsStream>) -> Received {
+    let (me, epoch, stats) = (reader.me, reader.epoch, reader.stats.clone());
+    let mut seen = Vec::new();
+    loop {
+        tokio::select! {
+            _ = reader.stop.changed() => return Received { seen, rd: Some(Rx::Ws(rd)) },
+            next = rd.next() => {
+                let failure = match next.map(|r| r.map(Incoming::from)) {
+                    Some(Ok(Incoming::Line(line))) => {
+                        let now = nanos(epoch.elapsed());
+                        let delivered = reader.take(&line, now, &mut stats.latency(), &mut seen);
+                        Stats::add(&stats.done, delivered);
+                        continue;
+                    }
+                    Some(Ok(Incoming::Control)) => continue,
+                    Some(Ok(Incoming::Closed(code))) => ws::closed(code),
+                    Some(Err(e)) => format!("receive failed: {}", ws::describe_ws(e)),
+                    None => "connection closed by the server".into(),
+                };
+                stats.error(|| format!("member {me}: {failure}"));
+                return Received { seen, rd: None };
+            }
         }
     }
 }

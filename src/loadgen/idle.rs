@@ -4,17 +4,24 @@
 //! each send one line and read one reply. With a server pid, RSS is sampled
 //! before connecting, while all are held idle, and after each has answered
 //! once (its buffers, if the server keeps any, have been touched by then).
+//!
+//! A WebSocket connection is held once upgraded, and its line is one
+//! message: the idle figure is what the server keeps for an upgraded,
+//! silent WebSocket.
 
-use super::net::open_all;
+use super::net::{Conn, open_all};
 use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
+use super::ws::{self, Incoming, WsStream};
 use super::{Ctx, Report, per_conn, per_op};
 use crate::error::describe;
+use futures_util::{SinkExt, StreamExt};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A reply line longer than this is not a reply to a short line.
 const MAX_REPLY: usize = 64 * 1024;
@@ -36,6 +43,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let mut line = opts.payload.as_bytes().to_vec();
     line.push(b'\n');
     let line: Arc<[u8]> = line.into();
+    let message = Message::text(opts.payload.as_str());
     let monitor = Monitor::start(&ctx.progress, None, {
         let stats = ctx.stats.clone();
         let n = opened.count;
@@ -43,10 +51,26 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     });
     let start = Instant::now();
     let mut set = JoinSet::new();
-    for stream in std::mem::take(&mut opened.streams) {
+    for conn in std::mem::take(&mut opened.streams) {
         let (line, stats) = (line.clone(), ctx.stats.clone());
         let (verify, timeout) = (opts.verify_echo, opts.timeout);
-        set.spawn(async move { answer(stream, &line, verify, timeout, &stats).await });
+        match conn {
+            Conn::Lines(stream) => set.spawn(async move {
+                let exchange = exchange(stream, &line);
+                answer(exchange, &line, verify, timeout, &stats)
+                    .await
+                    .map(Conn::Lines)
+            }),
+            Conn::Ws(ws) => {
+                let message = message.clone();
+                set.spawn(async move {
+                    let exchange = exchange_ws(ws, message);
+                    answer(exchange, &line, verify, timeout, &stats)
+                        .await
+                        .map(Conn::Ws)
+                })
+            }
+        };
     }
     // Keep every connection open until memory has been sampled.
     let mut alive = Vec::new();
@@ -71,27 +95,25 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     Ok(report)
 }
 
-/// Sends `line` and reads one reply line; returns the stream when the reply
-/// was right, counting an error otherwise.
-async fn answer(
-    mut stream: TcpStream,
+/// Runs `exchange` (send `line`, read one reply line) and returns the
+/// connection when the reply was right, counting an error otherwise.
+async fn answer<C>(
+    exchange: impl Future<Output = (C, Result<Vec<u8>, String>)>,
     line: &[u8],
     verify: bool,
     timeout: Duration,
     stats: &Stats,
-) -> Option<TcpStream> {
+) -> Option<C> {
     let sent = Instant::now();
-    let reply = match tokio::time::timeout(timeout, exchange(&mut stream, line)).await {
-        Err(_) => Err(format!("no reply within {:.1} s", timeout.as_secs_f64())),
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(reply)) => Ok(reply),
-    };
-    let reply = match reply {
-        Ok(reply) => reply,
-        Err(message) => {
-            stats.error(|| message);
-            return None;
+    let (conn, reply) = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => {
+            return lost(
+                stats,
+                format!("no reply within {:.1} s", timeout.as_secs_f64()),
+            );
         }
+        Ok((_, Err(e))) => return lost(stats, e),
+        Ok((conn, Ok(reply))) => (conn, reply),
     };
     record(&mut stats.latency(), nanos(sent.elapsed()));
     let expected = &line[..line.len() - 1];
@@ -102,11 +124,21 @@ async fn answer(
     } else {
         Stats::add(&stats.done, 1);
     }
-    Some(stream)
+    Some(conn)
+}
+
+fn lost<C>(stats: &Stats, message: String) -> Option<C> {
+    stats.error(|| message);
+    None
 }
 
 /// Writes `line`, then reads up to the first `\n`; the reply without it.
-async fn exchange(stream: &mut TcpStream, line: &[u8]) -> Result<Vec<u8>, String> {
+async fn exchange(mut stream: TcpStream, line: &[u8]) -> (TcpStream, Result<Vec<u8>, String>) {
+    let reply = exchange_lines(&mut stream, line).await;
+    (stream, reply)
+}
+
+async fn exchange_lines(stream: &mut TcpStream, line: &[u8]) -> Result<Vec<u8>, String> {
     stream
         .write_all(line)
         .await
@@ -131,6 +163,35 @@ async fn exchange(stream: &mut TcpStream, line: &[u8]) -> Result<Vec<u8>, String
         }
         if reply.len() > MAX_REPLY {
             return Err(format!("reply line longer than {MAX_REPLY} bytes"));
+        }
+    }
+}
+
+/// Sends `message`, then reads the first text or binary message back.
+async fn exchange_ws(
+    mut ws: Box<WsStream>,
+    message: Message,
+) -> (Box<WsStream>, Result<Vec<u8>, String>) {
+    let reply = exchange_message(&mut ws, message).await;
+    (ws, reply)
+}
+
+async fn exchange_message(ws: &mut WsStream, message: Message) -> Result<Vec<u8>, String> {
+    ws.send(message)
+        .await
+        .map_err(|e| format!("send failed: {}", ws::describe_ws(e)))?;
+    loop {
+        match ws.next().await {
+            None => return Err("connection closed by the server before replying".into()),
+            Some(Err(e)) => return Err(format!("receive failed: {}", ws::describe_ws(e))),
+            Some(Ok(message)) => match Incoming::from(message) {
+                Incoming::Line(line) if line.len() > MAX_REPLY => {
+                    return Err(format!("reply line longer than {MAX_REPLY} bytes"));
+                }
+                Incoming::Line(line) => return Ok(line.to_vec()),
+                Incoming::Control => {}
+                Incoming::Closed(code) => return Err(ws::closed(code)),
+            },
         }
     }
 }

@@ -15,6 +15,12 @@
 //!   stamped lines at `rate` a second and every member measures how many of
 //!   the others' lines arrived and how late.
 //!
+//! Every scenario also runs over WebSocket: a `ws://HOST:PORT/PATH` target
+//! is a server whose messages are lines, one line a message without its
+//! `\n` (see `ws`). Each connection is either a line connection or a
+//! WebSocket one (`net::Conn`), and each scenario drives them with code of
+//! their own, so the line path is the same as without WebSocket.
+//!
 //! With a server pid, the server's CPU time and resident memory are read from
 //! `/proc` around the measured phase, so one run gives "µs of server CPU per
 //! reply" and "KiB per connection" without a profiler.
@@ -25,8 +31,8 @@
 //! parsed straight from the read buffer, so one core drives far more load
 //! than a server on one core answers.
 //!
-//! Built with the `bench` feature (on by default): tokio, the histograms,
-//! the progress line and the plots serve this module only, and the server
+//! Built with the `bench` feature (on by default): tokio, tokio-tungstenite,
+//! the histograms, the progress line and the plots serve this module only, and the server
 //! does without them.
 
 mod fanout;
@@ -36,12 +42,14 @@ mod output;
 mod proc;
 mod rr;
 mod stats;
+mod ws;
 
 pub use output::{plot, write_json, write_table};
 
 use crate::error::describe;
 use serde::{Deserialize, Serialize};
 use stats::{Progress, Stats};
+use std::fmt;
 use std::io::{self, IsTerminal};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -66,8 +74,9 @@ pub enum Scenario {
 /// defaults.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Server address, `HOST:PORT`. It may be a comma-separated list for
-    /// fanout, like `also`.
+    /// Server address: `HOST:PORT` for a line server, or
+    /// `ws://HOST:PORT/PATH` for a WebSocket endpoint whose messages are
+    /// lines. It may be a comma-separated list for fanout, like `also`.
     pub addr: String,
     /// fanout: more server addresses; members are spread over `addr` and
     /// these round-robin (member `i` on address `i % n`).
@@ -138,14 +147,14 @@ impl Default for BenchOptions {
 /// | field | scenarios | meaning |
 /// | --- | --- | --- |
 /// | `scenario` | all | `"rr"`, `"idle"` or `"fanout"` |
-/// | `addr` | all | the server address connected to; fanout over several: all of them, comma-separated |
+/// | `addr` | all | the server address connected to (`ws://IP:PORT/PATH` for a WebSocket); fanout over several: all of them, comma-separated |
 /// | `conns` | all | connections asked for |
 /// | `opened` | all | connections established |
 /// | `elapsed_s` | all | seconds of the measured phase (rr: first request to last reply; idle: all lines sent and answered; fanout: first send to last delivery or the end of the grace period) |
 /// | `errors` | all | failed connects, connections lost early, `ERR` replies, wrong or missing replies |
 /// | `first_error` | all | the first error's message, or `null` |
-/// | `connect_total_ms` | all | milliseconds to open all connections |
-/// | `connect_p99_us` | all | 99th percentile of one connect, µs |
+/// | `connect_total_ms` | all | milliseconds to open all connections (WebSocket: connect and upgrade) |
+/// | `connect_p99_us` | all | 99th percentile of one connect (WebSocket: with its upgrade), µs |
 /// | `pipeline` | rr | requests in flight per connection |
 /// | `sent` | rr, fanout | requests (rr) or stamped lines (fanout) sent |
 /// | `completed` | rr | requests that got their reply line (right or wrong) |
@@ -233,7 +242,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
     validate(opts)?;
     let targets = addresses(opts)?
         .iter()
-        .map(|addr| resolve(addr))
+        .map(|addr| Target::parse(addr))
         .collect::<io::Result<Vec<_>>>()?;
     // Thousands of connections need thousands of descriptors; a failure only
     // shows later as connect errors, which are reported.
@@ -252,7 +261,7 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         .build()?;
     let ctx = Ctx {
         opts,
-        target: targets[0],
+        target: targets[0].clone(),
         targets,
         server,
         progress: Progress::new(opts.progress),
@@ -313,14 +322,48 @@ pub fn command(
     }
 }
 
+/// One server to load: a line server at `HOST:PORT`, or a WebSocket
+/// endpoint at `ws://HOST:PORT/PATH` whose messages are lines.
+#[derive(Debug, Clone)]
+struct Target {
+    addr: SocketAddr,
+    /// For `ws://`: the URL to upgrade to.
+    ws: Option<Arc<ws::WsUrl>>,
+}
+
+impl Target {
+    fn parse(addr: &str) -> io::Result<Target> {
+        Ok(match ws::parse(addr)? {
+            Some(url) => Target {
+                addr: resolve(&url.authority)?,
+                ws: Some(Arc::new(url)),
+            },
+            None => Target {
+                addr: resolve(addr)?,
+                ws: None,
+            },
+        })
+    }
+}
+
+/// `HOST:PORT` for a line server, `ws://IP:PORT/PATH` for a WebSocket.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.ws {
+            Some(url) => write!(f, "ws://{}{}", self.addr, url.path),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// What every scenario needs while it runs.
 struct Ctx<'a> {
     opts: &'a BenchOptions,
     /// The first address.
-    target: SocketAddr,
+    target: Target,
     /// Every address, the first included; connection `i` goes to
     /// `targets[i % targets.len()]`.
-    targets: Vec<SocketAddr>,
+    targets: Vec<Target>,
     server: Option<proc::ServerProc>,
     progress: Progress,
     stats: Arc<Stats>,
@@ -335,7 +378,7 @@ impl Ctx<'_> {
             addr: self
                 .targets
                 .iter()
-                .map(SocketAddr::to_string)
+                .map(Target::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
             conns: self.opts.conns,

@@ -5,9 +5,13 @@
 //! so a loopback target past that needs more addresses. Every 127.x address
 //! is local on Linux, so the client binds to 127.0.0.1:0, and moves on to
 //! 127.0.0.2 when the kernel runs out of ports, and so on.
+//!
+//! A connection to a `ws://` target does its WebSocket upgrade here too, so
+//! the scenarios get connections ready for lines ([`Conn`]).
 
-use super::Ctx;
 use super::stats::{Monitor, Stats, histogram, nanos, record};
+use super::ws::{self, WsStream};
+use super::{Ctx, Target};
 use crate::error::describe;
 use hdrhistogram::Histogram;
 use std::io;
@@ -22,9 +26,17 @@ use tokio::task::JoinSet;
 /// quickly, few enough not to overflow it.
 const MAX_CONNECTING: usize = 256;
 
+/// One open connection, ready for lines.
+pub(super) enum Conn {
+    /// To a line server: lines end in `\n`.
+    Lines(TcpStream),
+    /// To a WebSocket endpoint, upgraded: one message per line.
+    Ws(Box<WsStream>),
+}
+
 /// The connections a scenario got, and how long they took.
 pub(super) struct Opened {
-    pub streams: Vec<TcpStream>,
+    pub streams: Vec<Conn>,
     /// How many were opened (`streams` may have been handed out since).
     pub count: u64,
     /// Time of one connect, in ns.
@@ -50,7 +62,7 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
     let targets = ctx.targets.clone();
     let timeout = ctx.opts.timeout;
     // Every target is loopback or none is, in practice; the first decides.
-    let sources = loopback_sources(ctx.target).map(Arc::new);
+    let sources = loopback_sources(ctx.target.addr).map(Arc::new);
     let stats = ctx.stats.clone();
     let monitor = Monitor::start(&ctx.progress, None, {
         let stats = stats.clone();
@@ -59,21 +71,21 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
 
     let start = Instant::now();
     let mut connect = histogram()?;
-    let mut slots: Vec<Option<TcpStream>> = Vec::with_capacity(n);
+    let mut slots: Vec<Option<Conn>> = Vec::with_capacity(n);
     slots.resize_with(n, || None);
     let mut set = JoinSet::new();
     let (mut launched, mut failed, mut count) = (0, 0, 0);
-    let mut first_failure: Option<(SocketAddr, io::Error)> = None;
+    let mut first_failure: Option<(Target, io::Error)> = None;
     while launched < n || !set.is_empty() {
         // Stop early when nothing ever connects: the server is not there.
         let hopeless = count == 0 && failed >= MAX_CONNECTING.min(n);
         while launched < n && set.len() < MAX_CONNECTING && !hopeless {
             let sources = sources.clone();
             let index = launched;
-            let target = targets[index % targets.len()];
+            let target = targets[index % targets.len()].clone();
             set.spawn(async move {
                 let began = Instant::now();
-                let result = connect_one(target, sources.as_deref(), timeout).await;
+                let result = open_one(&target, sources.as_deref(), timeout).await;
                 (index, target, result, began.elapsed())
             });
             launched += 1;
@@ -98,10 +110,10 @@ pub(super) async fn open_all(ctx: &Ctx<'_>, n: usize) -> io::Result<Opened> {
     }
     let total = start.elapsed();
     monitor.stop().await;
-    let streams: Vec<TcpStream> = slots.into_iter().flatten().collect();
+    let streams: Vec<Conn> = slots.into_iter().flatten().collect();
     if streams.is_empty() {
-        let (target, e) =
-            first_failure.unwrap_or_else(|| (ctx.target, io::Error::other("no connection")));
+        let (target, e) = first_failure
+            .unwrap_or_else(|| (ctx.target.clone(), io::Error::other("no connection")));
         return Err(io::Error::new(
             e.kind(),
             format!("cannot connect to {target}: {}", describe(&e)),
@@ -142,6 +154,20 @@ impl Sources {
             .compare_exchange(host, host + 1, Ordering::Relaxed, Ordering::Relaxed);
         true
     }
+}
+
+/// One connection to `target`: a connect, and for a WebSocket the upgrade,
+/// each with a deadline.
+async fn open_one(
+    target: &Target,
+    sources: Option<&Sources>,
+    timeout: Duration,
+) -> io::Result<Conn> {
+    let stream = connect_one(target.addr, sources, timeout).await?;
+    Ok(match &target.ws {
+        None => Conn::Lines(stream),
+        Some(url) => Conn::Ws(Box::new(ws::handshake(stream, url, timeout).await?)),
+    })
 }
 
 /// One connect with a deadline, bound to the current source address when

@@ -4,19 +4,28 @@
 //! A connection refills its pipeline only after parsing everything one read
 //! returned, so a server that answers a batch at once gets the next batch in
 //! one write: one syscall each way per batch on both sides.
+//!
+//! Over WebSocket ([`drive_ws`]) each request is one text message and each
+//! message back one reply; the pipeline is refilled once every message that
+//! had already arrived is matched, and the batch goes out in one write too.
 
-use super::net::open_all;
+use super::net::{Conn, open_all};
 use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
+use super::ws::{self, Incoming, WsStream};
 use super::{Ctx, Report, per_conn, per_op};
 use crate::error::describe;
+use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A reply line longer than this is not a reply to a short request.
 const MAX_REPLY: usize = 1 << 20;
@@ -35,6 +44,7 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
     let shared = Arc::new(Shared {
         stats: ctx.stats.clone(),
         budget,
+        message: Message::text(opts.payload.as_str()),
         request,
         pipeline: opts.pipeline,
         verify: opts.verify_echo,
@@ -55,8 +65,14 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
         }
     });
     let mut set = JoinSet::new();
-    for stream in std::mem::take(&mut opened.streams) {
-        set.spawn(drive(stream, shared.clone()));
+    for conn in std::mem::take(&mut opened.streams) {
+        let shared = shared.clone();
+        match conn {
+            Conn::Lines(stream) => {
+                set.spawn(async { drive(stream, shared).await.map(Conn::Lines) })
+            }
+            Conn::Ws(ws) => set.spawn(async { drive_ws(ws, shared).await.map(Conn::Ws) }),
+        };
     }
     // Keep the survivors open until memory has been sampled under load.
     let mut alive = Vec::new();
@@ -89,7 +105,10 @@ pub(super) async fn run(ctx: &Ctx<'_>) -> io::Result<Report> {
 struct Shared {
     stats: Arc<Stats>,
     budget: Budget,
+    /// The request line with its `\n`.
     request: Vec<u8>,
+    /// The request as a WebSocket message.
+    message: Message,
     pipeline: usize,
     verify: bool,
     timeout: Duration,
@@ -196,7 +215,7 @@ async fn drive(mut stream: TcpStream, shared: Arc<Shared>) -> Option<TcpStream> 
 }
 
 /// Counts a lost connection as one error.
-fn lost(stats: &Stats, message: String) -> Option<TcpStream> {
+fn lost<T>(stats: &Stats, message: String) -> Option<T> {
     stats.error(|| message);
     None
 }
@@ -234,6 +253,149 @@ fn replies(shared: &Shared, rbuf: &mut Vec<u8>, inflight: &mut VecDeque<Instant>
         return false;
     }
     true
+}
+
+/// [`drive`] for a WebSocket: `pipeline` messages in flight, matched to
+/// the messages back in FIFO order.
+async fn drive_ws(mut ws: Box<WsStream>, shared: Arc<Shared>) -> Option<Box<WsStream>> {
+    let stats = &shared.stats;
+    let mut inflight: VecDeque<Instant> = VecDeque::with_capacity(shared.pipeline);
+    let mut out = Outgoing::default();
+    let silence = tokio::time::sleep(shared.timeout);
+    tokio::pin!(silence);
+
+    loop {
+        let n = shared.budget.claim(shared.pipeline - inflight.len());
+        if n > 0 {
+            out.unsent += n;
+            inflight.extend(std::iter::repeat_n(Instant::now(), n));
+            Stats::add(&stats.sent, n as u64);
+        }
+        if inflight.is_empty() {
+            return Some(ws);
+        }
+        let first = tokio::select! {
+            biased;
+            event = std::future::poll_fn(|cx| out.step(&mut ws, &shared.message, cx)) => event,
+            () = &mut silence => Err(format!(
+                "no reply within {:.1} s ({} unanswered)",
+                shared.timeout.as_secs_f64(),
+                inflight.len()
+            )),
+        };
+        silence
+            .as_mut()
+            .reset(tokio::time::Instant::now() + shared.timeout);
+        // This message, then every one already here, before the refill.
+        let now = Instant::now();
+        let mut next = Some(first);
+        let mut answered = 0;
+        let mut latency = stats.latency();
+        let mut failed = None;
+        while let Some(event) = next.take() {
+            let line = match event.map(Incoming::from) {
+                Ok(Incoming::Line(line)) => line,
+                Ok(Incoming::Control) => {
+                    next = ready_message(&mut ws);
+                    continue;
+                }
+                Ok(Incoming::Closed(code)) => {
+                    failed = Some(format!(
+                        "{} with {} unanswered",
+                        ws::closed(code),
+                        inflight.len()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let Some(sent) = inflight.pop_front() else {
+                stats.error(|| format!("unexpected line {}", quote(&line)));
+                next = ready_message(&mut ws);
+                continue;
+            };
+            answered += 1;
+            record(&mut latency, nanos(now - sent));
+            let expected = &shared.request[..shared.request.len() - 1];
+            if is_err(&line) {
+                stats.error(|| format!("server answered {}", quote(&line)));
+            } else if shared.verify && *line != *expected {
+                stats.error(|| format!("reply {} does not echo {}", quote(&line), quote(expected)));
+            }
+            next = ready_message(&mut ws);
+        }
+        drop(latency);
+        Stats::add(&stats.done, answered);
+        if let Some(message) = failed {
+            return lost(stats, message);
+        }
+    }
+}
+
+/// Requests claimed for a WebSocket but not yet written out.
+#[derive(Default)]
+struct Outgoing {
+    /// Claimed, not yet handed to tungstenite.
+    unsent: usize,
+    /// Handed to tungstenite, maybe not yet written.
+    unflushed: bool,
+}
+
+impl Outgoing {
+    /// Hands the claimed requests to tungstenite, writes them out in one
+    /// flush, and waits for the next message from the server.
+    fn step(
+        &mut self,
+        ws: &mut WsStream,
+        request: &Message,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Message, String>> {
+        let failed = |e| Poll::Ready(Err(format!("send failed: {}", ws::describe_ws(e))));
+        while self.unsent > 0 {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return failed(e),
+                Poll::Pending => break,
+            }
+            if let Err(e) = Pin::new(&mut *ws).start_send(request.clone()) {
+                return failed(e);
+            }
+            self.unsent -= 1;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut *ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return failed(e),
+                Poll::Pending => {}
+            }
+        }
+        Pin::new(ws).poll_next(cx).map(received)
+    }
+}
+
+/// The next message if it is already here (read, or in tungstenite's
+/// buffer), without waiting.
+fn ready_message(ws: &mut WsStream) -> Option<Result<Message, String>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(ws).poll_next(&mut cx) {
+        Poll::Ready(next) => Some(received(next)),
+        Poll::Pending => None,
+    }
+}
+
+/// A message from the stream, or why there is none.
+fn received(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Result<Message, String> {
+    match next {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(e)) => Err(format!("receive failed: {}", ws::describe_ws(e))),
+        None => Err("connection closed by the server".into()),
+    }
 }
 
 #[cfg(test)]
