@@ -260,6 +260,9 @@ async fn talk(
             // here, and may say why (`ERR ...`), or be a clean close.
             Sent::Failed(e) => match time::timeout(timeout, printing).await {
                 Ok(Ok(Printed::ServerClosed)) => Printed::ServerClosed,
+                // What reading met says more (a TLS alert, say) than the
+                // reset that writing met after it.
+                Ok(Err(read)) => return Err(read),
                 _ => return Err(e),
             },
         },
