@@ -240,21 +240,21 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
     pub timeout: Duration,
     /// Speak TLS (the server's certificate is checked against the public
-    /// roots, --ca, or --pin).
+    /// roots, --ca, or --pin); --ca, --pin, --insecure and --cert imply it.
     #[arg(long)]
     pub tls: bool,
     /// Trust the CA certificates in this PEM file.
-    #[arg(long, value_name = "FILE", requires = "tls")]
+    #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Accept only the server certificate with this SHA-256 fingerprint
     /// (as `serve --tls-self-signed` prints it).
-    #[arg(long, value_name = "SHA256", requires = "tls", conflicts_with = "ca")]
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca")]
     pub pin: Option<String>,
     /// Accept any server certificate: encrypted, but not authenticated.
-    #[arg(long, requires = "tls", conflicts_with_all = ["ca", "pin"])]
+    #[arg(long, conflicts_with_all = ["ca", "pin"])]
     pub insecure: bool,
     /// Present this client certificate chain (PEM); needs --key.
-    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    #[arg(long, value_name = "FILE", requires = "key")]
     pub cert: Option<PathBuf>,
     /// The private key (PEM) for --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
@@ -279,9 +279,10 @@ impl ConnectArgs {
         }
     }
 
-    /// The TLS settings, if --tls.
+    /// The TLS settings, if --tls or a flag that implies it.
     pub fn tls(&self) -> Option<sockline::tls::ClientTls> {
-        self.tls.then(|| sockline::tls::ClientTls {
+        let tls = self.tls || self.ca.is_some() || self.pin.is_some() || self.insecure;
+        (tls || self.cert.is_some()).then(|| sockline::tls::ClientTls {
             ca: self.ca.clone(),
             pin: self.pin.clone(),
             insecure: self.insecure,

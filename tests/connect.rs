@@ -4,9 +4,13 @@
 
 mod common;
 
+use common::pki::Pki;
 use common::{Finished, KillOnDrop};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -109,11 +113,77 @@ impl Client {
 
 /// Runs the client with all of `input` on stdin, then EOF.
 fn run(addr: &str, input: &str) -> Finished {
+    run_with(&[addr], input)
+}
+
+/// Runs `sockline connect ARGS...` with all of `input` on stdin (a pipe),
+/// then EOF.
+fn run_with(args: &[&str], input: &str) -> Finished {
     common::run(
-        Command::new(common::bin()).args(["connect", addr]),
+        Command::new(common::bin()).arg("connect").args(args),
         input,
         DEADLINE,
     )
+}
+
+/// Runs the client with stdin read from the file at `input`.
+fn run_from_file(addr: &str, input: &Path) -> Finished {
+    let mut child = KillOnDrop(
+        Command::new(common::bin())
+            .args(["connect", addr])
+            .stdin(std::fs::File::open(input).unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sockline connect"),
+    );
+    let stdout = common::read_in_background(child.stdout.take().unwrap());
+    let stderr = common::read_in_background(child.stderr.take().unwrap());
+    let status = common::wait_within(&mut child, DEADLINE);
+    drop(child);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    Finished {
+        status: status.unwrap_or_else(|| panic!("still running after {DEADLINE:?}: {stderr}")),
+        stdout,
+        stderr,
+    }
+}
+
+/// A file of its own for this test's stdin, removed when dropped.
+struct InputFile(std::path::PathBuf);
+
+impl InputFile {
+    fn new(name: &str, text: &str) -> InputFile {
+        let path =
+            std::env::temp_dir().join(format!("sockline-connect-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        InputFile(path)
+    }
+}
+
+impl Drop for InputFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Fails the test unless `done` exited with `code`, with at most one line
+/// on stderr, which (if any) starts `sockline: ` and contains `says`.
+fn assert_exit(done: &Finished, code: i32, says: &str) {
+    assert_eq!(
+        done.status.code(),
+        Some(code),
+        "stdout: {:?}, stderr: {:?}",
+        done.stdout,
+        done.stderr
+    );
+    assert!(done.stderr.lines().count() <= 1, "stderr: {}", done.stderr);
+    assert!(done.stderr.contains(says), "stderr: {}", done.stderr);
+    assert!(
+        done.stderr.is_empty() || done.stderr.starts_with("sockline: "),
+        "stderr: {}",
+        done.stderr
+    );
 }
 
 /// A one-connection test server on 127.0.0.1:0 running `serve` in a thread.
@@ -223,4 +293,164 @@ fn quit_is_an_ordinary_line_to_other_servers() {
     let done = run(&server.addr.to_string(), "/quit\nhello\n");
     assert!(done.status.success(), "stderr: {}", done.stderr);
     assert_eq!(done.stdout, "/quit\nhello\n");
+}
+
+#[test]
+fn a_line_the_server_cuts_exits_1_from_a_pipe_and_from_a_file_alike() {
+    let server = common::serve_binary(&["--mode", "echo"]);
+    let addr = server.addr.to_string();
+    let input = format!("{}\n", "x".repeat(70_000));
+    let file = InputFile::new("long", &input);
+    let refusal = "ERR line too long (max 65536 bytes)";
+    for _ in 0..3 {
+        for done in [run(&addr, &input), run_from_file(&addr, &file.0)] {
+            assert_exit(&done, 1, refusal);
+            assert!(
+                done.stdout.ends_with(&format!("{refusal}\n")),
+                "stdout ends {:?}",
+                &done.stdout[done.stdout.len().saturating_sub(80)..]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_refused_session_exits_1() {
+    let server = common::serve_binary(&["--max-conns", "1"]);
+    // Another client holds the one slot.
+    let mut holder = common::connect(server.addr);
+    common::send(&mut holder, b"hi\n");
+    assert_eq!(common::read_n(&mut holder, 14), b" MSG Received\n");
+    let addr = server.addr.to_string();
+    let file = InputFile::new("refused", "hello\n");
+    for done in [
+        run(&addr, "hello\n"),
+        run(&addr, ""),
+        run_from_file(&addr, &file.0),
+    ] {
+        assert_exit(&done, 1, "ERR server full");
+        assert_eq!(done.stdout, "ERR server full\n");
+    }
+}
+
+#[test]
+fn bye_and_the_end_of_input_exit_0_from_a_pipe_and_from_a_file() {
+    let ack = common::serve_binary(&[]);
+    let echo = common::serve_binary(&["--mode", "echo"]);
+    let bye = InputFile::new("bye", "hello\nBYE\n");
+    let eof = InputFile::new("eof", "a\nb\n");
+    for _ in 0..3 {
+        let addr = ack.addr.to_string();
+        for done in [run(&addr, "hello\nBYE\n"), run_from_file(&addr, &bye.0)] {
+            assert_exit(&done, 0, "");
+            assert_eq!(done.stdout, " MSG Received\n MSG Received\n");
+        }
+        let addr = echo.addr.to_string();
+        for done in [run(&addr, "a\nb\n"), run_from_file(&addr, &eof.0)] {
+            assert_exit(&done, 0, "");
+            assert_eq!(done.stdout, "a\nb\n");
+        }
+    }
+}
+
+#[test]
+fn sigint_exits_130() {
+    let server = common::serve_binary(&["--mode", "echo"]);
+    let mut client = Client::start(&server.addr.to_string());
+    client.write("hi\n");
+    assert!(client.stdout_has("hi\n"));
+    let pid = Pid::from_raw(client.child.id().try_into().unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let done = client.finish();
+    assert_eq!(done.status.code(), Some(130), "stderr: {}", done.stderr);
+    assert_eq!(done.stdout, "hi\n");
+}
+
+#[test]
+fn pin_implies_tls_and_an_unknown_issuer_says_what_to_do() {
+    let server = common::serve_binary(&["--tls-self-signed"]);
+    let addr = server.addr.to_string();
+    let line = (server.banner.lines())
+        .find(|line| line.contains("SHA-256 fingerprint"))
+        .expect("a fingerprint line");
+    let pin = line.rsplit(' ').next().unwrap();
+    // --pin, --insecure: TLS without saying --tls.
+    let done = run_with(&["--pin", pin, &addr], "hello\nBYE\n");
+    assert_exit(&done, 0, "");
+    assert_eq!(done.stdout, " MSG Received\n MSG Received\n");
+    let done = run_with(&["--insecure", &addr], "hello\nBYE\n");
+    assert_exit(&done, 0, "");
+    // The public roots do not know it: what to do, with the fingerprint.
+    let done = run_with(&["--tls", &addr], "hello\n");
+    assert_exit(&done, 1, "unknown issuer");
+    for hint in ["--ca FILE", &format!("--pin {pin}"), "--insecure"] {
+        assert!(done.stderr.contains(hint), "no {hint:?} in {}", done.stderr);
+    }
+}
+
+/// An X.509 version 1 client certificate (no extensions), as `openssl x509
+/// -req` makes one without `-extfile`, and its key.
+const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBHzCBxwIUKoNBOFWlbWYck7fUnbZXq0xoTxIwCgYIKoZIzj0EAwIwEjEQMA4G
+A1UEAwwHdGVzdCBDQTAeFw0yNjEyMDExODQ2MTJaFw0yNjEyMzExODQ2MTJaMBQx
+EjAQBgNVBAMMCXYxIGNsaWVudDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABDA8
+S4yg5mi2i2B3Q36YUI2Ke0hl0u4Cc4YNPFEyqlIGwGHJotVOGhrAIoYHCMmA2v/V
+stdH0E14Lm8T0m8myqwwCgYIKoZIzj0EAwIDRwAwRAIgXSjK1m9peuyHKzeb5Rep
+Y/aQbAnKNreAw+R61mRVTrECIBgDfCv7i6Xj9HCWs/kuKmSx8iFoj7lMXH+eSYxd
+aKtn
+-----END CERTIFICATE-----
+";
+const V1_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg1369KoWX3CiwF7hV
+U/s1Y50kGkhpZsQqwfNsbP2DRSmhRANCAAQwPEuMoOZototgd0N+mFCNintIZdLu
+AnOGDTxRMqpSBsBhyaLVThoawCKGBwjJgNr/1bLXR9BNeC5vE9JvJsqs
+-----END PRIVATE KEY-----
+";
+
+#[test]
+fn client_certificate_problems_are_named_in_words() {
+    // --cert implies --tls; a version 1 certificate is refused by name,
+    // before any connecting.
+    let cert = InputFile::new("v1.pem", V1_CERT);
+    let key = InputFile::new("v1.key", V1_KEY);
+    let (_held, addr) = common::refusing_addr();
+    let args = [
+        "--cert",
+        cert.0.to_str().unwrap(),
+        "--key",
+        key.0.to_str().unwrap(),
+        &addr.to_string(),
+    ];
+    let done = run_with(&args, "");
+    assert_exit(&done, 1, "X.509 version 1 certificate");
+    assert!(done.stderr.contains("v1.pem"), "stderr: {}", done.stderr);
+    assert!(
+        !done.stderr.contains("UnsupportedCertVersion"),
+        "{}",
+        done.stderr
+    );
+
+    // A server that wants a certificate, and a client without one.
+    let pki = Pki::new("connect-mutual");
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let server = common::serve_binary(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ]);
+    let addr = format!("localhost:{}", server.addr.port());
+    let done = run_with(&["--ca", &ca, &addr], "hello\n");
+    assert_exit(&done, 1, "requires a client certificate");
+    assert!(
+        done.stderr.contains("--cert FILE --key FILE"),
+        "{}",
+        done.stderr
+    );
 }

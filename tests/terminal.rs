@@ -15,8 +15,10 @@ use nix::pty::{Winsize, openpty};
 use nix::sys::termios::{LocalFlags, tcgetattr};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStdin, Command, Stdio};
+use std::net::TcpListener;
+use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long any one step may take before the test fails.
@@ -283,4 +285,263 @@ fn piped_output_is_byte_exact() {
         String::from_utf8_lossy(&want)
     );
     assert_eq!(output, want);
+}
+
+/// `sockline connect` with stdin and stdout on a terminal (the line
+/// editor), stderr on a pipe.
+struct Editor {
+    child: KillOnDrop,
+    master: File,
+    /// The client's end, to see when the editor reads keys (raw mode).
+    probe: Option<File>,
+    out: Output,
+    stderr: JoinHandle<String>,
+}
+
+impl Editor {
+    fn start(args: &[&str]) -> Editor {
+        let size = Winsize {
+            ws_row: 24,
+            ws_col: 400,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = openpty(&size, None).expect("openpty");
+        let mut command = Command::new(common::bin());
+        command
+            .arg("connect")
+            .args(args)
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(command.spawn().expect("start sockline connect"));
+        drop(command);
+        let master = File::from(pty.master);
+        let out = Output::read(Box::new(master.try_clone().unwrap()));
+        let stderr = common::read_in_background(child.stderr.take().unwrap());
+        Editor {
+            child,
+            master,
+            probe: Some(File::from(pty.slave)),
+            out,
+            stderr,
+        }
+    }
+
+    /// Waits until the line editor reads keys (raw mode): before, the
+    /// terminal itself would take Ctrl-C or Ctrl-D.
+    fn wait_for_editor(&self) {
+        let probe = self.probe.as_ref().unwrap();
+        let until = Instant::now() + DEADLINE;
+        while tcgetattr(probe)
+            .unwrap()
+            .local_flags
+            .contains(LocalFlags::ICANON)
+        {
+            assert!(Instant::now() < until, "the line editor never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Types `keys` once the editor reads keys.
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.wait_for_editor();
+        self.master.write_all(keys).unwrap();
+    }
+
+    /// Waits for the client to exit: its status, all it drew, its stderr.
+    fn finish(mut self) -> (Option<ExitStatus>, Vec<u8>, String) {
+        // Reading the master ends once the client's end is all closed.
+        drop(self.probe.take());
+        let status = common::wait_within(&mut self.child, DEADLINE);
+        drop(self.child);
+        let all = self.out.rest();
+        (status, all, self.stderr.join().unwrap())
+    }
+}
+
+/// The screen that `output` leaves: its rows, trailing blanks trimmed and
+/// trailing empty rows dropped. Enough of a terminal for what the line
+/// editor draws: text, CR, LF, backspace, cursor moves (CSI A B C D),
+/// erasing (CSI K, CSI J); other sequences are skipped.
+fn screen(output: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(output);
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                if rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+            }
+            '\x08' => col = col.saturating_sub(1),
+            '\x1b' => match chars.next() {
+                Some('[') => {
+                    let mut params = String::new();
+                    let mut last = ' ';
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            last = c;
+                            break;
+                        }
+                        params.push(c);
+                    }
+                    let n: usize = params.parse().unwrap_or(1).max(1);
+                    let line = &mut rows[row];
+                    match last {
+                        'A' => row = row.saturating_sub(n),
+                        'B' => {
+                            row += n;
+                            while rows.len() <= row {
+                                rows.push(Vec::new());
+                            }
+                        }
+                        'C' => col += n,
+                        'D' => col = col.saturating_sub(n),
+                        'K' if params.is_empty() || params == "0" => line.truncate(col),
+                        'K' => line.clear(),
+                        'J' => {
+                            line.truncate(col);
+                            rows.truncate(row + 1);
+                        }
+                        _ => {}
+                    }
+                }
+                Some(']') => {
+                    // OSC: up to BEL or ST.
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            c if c.is_control() => {}
+            c => {
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    let mut rows: Vec<String> = rows
+        .into_iter()
+        .map(|row| row.into_iter().collect::<String>().trim_end().to_string())
+        .collect();
+    while rows.last().is_some_and(|row| row.is_empty()) {
+        rows.pop();
+    }
+    rows
+}
+
+/// The prompt as the screen shows it, alone on its row, trailing blank trimmed.
+const PROMPT: &str = ">";
+
+#[test]
+fn a_prompt_without_a_newline_shows_as_it_arrives() {
+    // A server that asks and waits, as a login prompt does.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(b"Name: ").unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut name = String::new();
+        reader.read_line(&mut name).unwrap();
+        stream
+            .write_all(format!("hello {}\n", name.trim_end()).as_bytes())
+            .unwrap();
+        // Then until the client's end of input.
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+    });
+    let mut editor = Editor::start(&[&addr.to_string()]);
+    // Shown before anyone typed a thing.
+    editor.out.wait_for(b"Name: ");
+    editor.type_keys(b"bob\r");
+    editor.out.wait_for(b"hello bob");
+    editor.type_keys(b"\x04");
+    let (status, output, stderr) = editor.finish();
+    server.join().unwrap();
+    let shown = screen(&output);
+    assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
+    assert!(shown.contains(&"Name:".to_string()), "{shown:?}");
+    // One line on stderr: where we are connected.
+    assert_eq!(stderr, format!("sockline: connected to {addr}\n"));
+}
+
+#[test]
+fn no_stray_prompt_after_quit_or_ctrl_d() {
+    // /quit in a chat: the server says bye and closes; no prompt after it.
+    let chat = common::serve_binary(&["--mode", "chat"]);
+    let mut editor = Editor::start(&[&chat.addr.to_string()]);
+    editor.out.wait_for(b"* welcome user-1");
+    editor.type_keys(b"/quit\r");
+    let (status, output, stderr) = editor.finish();
+    let shown = screen(&output);
+    assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
+    assert_eq!(shown.last().map(String::as_str), Some("* bye"), "{shown:?}");
+    assert!(shown.contains(&"> /quit".to_string()), "{shown:?}");
+    assert!(!shown.contains(&PROMPT.to_string()), "{shown:?}");
+
+    // Ctrl-D: the rest is printed, and the prompt it was typed at is gone.
+    let echo = common::serve_binary(&["--mode", "echo"]);
+    let mut editor = Editor::start(&[&echo.addr.to_string()]);
+    editor.type_keys(b"hi\r");
+    // The echo, drawn above the next prompt (which it erases first).
+    editor.out.wait_for(b"\x1b[Khi\r\n");
+    editor.type_keys(b"\x04");
+    let (status, output, stderr) = editor.finish();
+    let shown = screen(&output);
+    assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
+    assert_eq!(
+        shown,
+        ["> hi", "hi"],
+        "{:?}",
+        String::from_utf8_lossy(&output)
+    );
+}
+
+#[test]
+fn ctrl_c_exits_130() {
+    let chat = common::serve_binary(&["--mode", "chat"]);
+    let mut editor = Editor::start(&[&chat.addr.to_string()]);
+    editor.out.wait_for(b"* welcome user-1");
+    editor.type_keys(b"\x03");
+    let (status, _, stderr) = editor.finish();
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "{stderr}");
+}
+
+#[test]
+fn with_tls_the_connected_line_names_the_version_and_the_certificate() {
+    let server = common::serve_binary(&["--tls-self-signed"]);
+    let line = (server.banner.lines())
+        .find(|line| line.contains("SHA-256 fingerprint"))
+        .expect("a fingerprint line");
+    let pin = line.rsplit(' ').next().unwrap();
+    let addr = server.addr.to_string();
+    let mut editor = Editor::start(&["--pin", pin, &addr]);
+    editor.type_keys(b"hello\r");
+    editor.out.wait_for(b" MSG Received");
+    editor.type_keys(b"\x04");
+    let (status, _, stderr) = editor.finish();
+    assert!(status.is_some_and(|s| s.success()), "{status:?} {stderr}");
+    assert_eq!(
+        stderr,
+        format!("sockline: connected to {addr}, TLS 1.3, certificate CN=rcgen self signed cert\n")
+    );
 }
