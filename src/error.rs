@@ -42,7 +42,7 @@ mod tests {
         let refused = io::Error::from_raw_os_error(111);
         assert_eq!(describe(&refused), "connection refused");
         let busy = io::Error::from_raw_os_error(98);
-        assert_eq!(describe(&busy), "address already in use");
+        assert_eq!(describe(&busy), "address in use");
         assert_eq!(describe(&io::Error::other("Timed out")), "timed out");
         assert_eq!(describe(&io::Error::other("")), "Other");
     }
