@@ -85,9 +85,12 @@ impl Inbox {
         &self.buf
     }
 
-    /// Drops the first `n` bytes held.
+    /// Drops the first `n` bytes held (and the buffer, once empty).
     pub fn take_held(&mut self, n: usize) {
         self.buf.drain(..n);
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
     }
 
     /// Drops what is buffered.
