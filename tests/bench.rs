@@ -625,3 +625,126 @@ fn cli_bench_fanout_over_websocket_and_mixed_with_lines() {
         assert_eq!(r.addr, addr);
     }
 }
+
+/// The first connection closes on its first line; the others answer `ERR`.
+fn first_hangs_up_others_err(stream: TcpStream, id: usize) {
+    if id == 0 {
+        let mut line = String::new();
+        let _ = BufReader::new(stream).read_line(&mut line);
+        return;
+    }
+    err_server(stream, id)
+}
+
+#[test]
+fn every_kind_of_error_is_counted() {
+    let addr = tiny_server(first_hangs_up_others_err);
+    let r = bench(BenchOptions {
+        requests: Some(40),
+        conns: 3,
+        ..options(addr)
+    });
+    let kinds: Vec<(&str, u64)> = r
+        .error_counts
+        .iter()
+        .map(|e| (e.error.as_str(), e.count))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("server answered ERR", r.errors - 1),
+            ("connection closed by the server", 1)
+        ],
+        "{r:?}"
+    );
+}
+
+/// Runs the real binary's `bench` with `args`, expecting it to fail.
+fn run_cli_failing(args: Vec<String>) -> std::process::Output {
+    within(120, move || {
+        Command::new(common::bin())
+            .arg("bench")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sockline bench")
+    })
+}
+
+#[test]
+fn cli_exits_1_when_requests_erred_and_names_each_error() {
+    // The default mode answers " MSG Received", not the line.
+    let server = common::serve_binary(&["--quiet"]);
+    let addr = server.addr.to_string();
+    let out = run_cli_failing(strings(&[
+        &addr,
+        "--requests",
+        "200",
+        "--conns",
+        "2",
+        "--verify-echo",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let errors = stdout.lines().find(|l| l.starts_with("errors")).unwrap();
+    assert!(
+        errors.ends_with(" 200 reply is not the echo of the request"),
+        "{stdout}"
+    );
+    assert_eq!(stderr.trim_end(), "sockline: 200 errors (see above)");
+
+    let out = run_cli_failing(strings(&[
+        &addr,
+        "--requests",
+        "20",
+        "--json",
+        "--verify-echo",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["error_counts"],
+        serde_json::json!([{"error": "reply is not the echo of the request", "count": 20}])
+    );
+
+    // Without errors, success.
+    run_cli(strings(&[&addr, "--requests", "20"]));
+}
+
+#[test]
+fn cli_ctrl_c_prints_the_figures_so_far() {
+    let server = common::serve_binary(&["--quiet"]);
+    let addr = server.addr.to_string();
+    let child = Command::new(common::bin())
+        .args(["bench", &addr, "--duration", "60", "--conns", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = within(20, move || child.wait_with_output().unwrap());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    let completed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("completed"))
+        .expect("a completed line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(completed > 0, "{stdout}");
+    assert!(stdout.contains("latency p99"), "{stdout}");
+}

@@ -216,7 +216,7 @@ async fn send(mut wr: Tx, plan: Plan, stats: Arc<Stats>) -> Option<Tx> {
             }
         };
         if let Err(e) = sent {
-            stats.error(|| format!("member {} cannot send: {e}", plan.me));
+            member_error(&stats, plan.me, format!("cannot send: {e}"));
             return None;
         }
         Stats::add(&stats.sent, 1);
@@ -287,8 +287,9 @@ impl Reader {
             Some(_) => 0, // Our own line, if the server echoes it.
             None if is_err(line) => {
                 let me = self.me;
-                self.stats
-                    .error(|| format!("member {me}: server sent {}", quote(line)));
+                self.stats.error_kind("server sent ERR", || {
+                    format!("member {me}: server sent {}", quote(line))
+                });
                 0
             }
             None => 0, // A greeting, notice or anything else.
@@ -310,7 +311,7 @@ async fn receive(mut reader: Reader, mut rd: OwnedReadHalf) -> Received {
             _ = reader.stop.changed() => return Received { seen, rd: Some(Rx::Lines(rd)) },
             result = rd.read_buf(&mut buf) => match result {
                 Ok(0) => {
-                    stats.error(|| format!("member {me}: connection closed by the server"));
+                    member_error(&stats, me, "connection closed by the server".into());
                     return Received { seen, rd: None };
                 }
                 Ok(_) => {
@@ -326,12 +327,12 @@ async fn receive(mut reader: Reader, mut rd: OwnedReadHalf) -> Received {
                     Stats::add(&stats.done, delivered);
                     buf.drain(..consumed);
                     if buf.len() > MAX_LINE {
-                        stats.error(|| format!("member {me}: line longer than {MAX_LINE} bytes"));
+                        member_error(&stats, me, format!("line longer than {MAX_LINE} bytes"));
                         return Received { seen, rd: None };
                     }
                 }
                 Err(e) => {
-                    stats.error(|| format!("member {me}: receive failed: {}", describe(&e)));
+                    member_error(&stats, me, format!("receive failed: {}", describe(&e)));
                     return Received { seen, rd: None };
                 }
             },
@@ -359,7 +360,7 @@ async fn receive_ws(mut reader: Reader, mut rd: SplitStream<WsStream>) -> Receiv
                     Some(Err(e)) => format!("receive failed: {}", ws::describe_ws(e)),
                     None => "connection closed by the server".into(),
                 };
-                stats.error(|| format!("member {me}: {failure}"));
+                member_error(&stats, me, failure);
                 return Received { seen, rd: None };
             }
         }
@@ -450,6 +451,11 @@ fn stamp(line: &[u8]) -> Option<(usize, u64, u64)> {
     let seq = fields.next()?.parse().ok()?;
     let sent = fields.next()?.parse().ok()?;
     fields.next().is_none().then_some((from, seq, sent))
+}
+
+/// Counts an error of member `me`; its kind leaves out the member.
+fn member_error(stats: &Stats, me: usize, what: String) {
+    stats.error_kind(&what, || format!("member {me}: {what}"));
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@
 //! silent WebSocket.
 
 use super::net::{Conn, open_all};
-use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
+use super::stats::{
+    Monitor, NOT_ECHO, Percentiles, SERVER_ERR, Stats, is_err, nanos, quote, record,
+};
 use super::ws::{self, Incoming, WsStream};
 use super::{Ctx, Report, per_conn, per_op};
 use crate::error::describe;
@@ -118,9 +120,11 @@ async fn answer<C>(
     record(&mut stats.latency(), nanos(sent.elapsed()));
     let expected = &line[..line.len() - 1];
     if is_err(&reply) {
-        stats.error(|| format!("server answered {}", quote(&reply)));
+        stats.error_kind(SERVER_ERR, || format!("server answered {}", quote(&reply)));
     } else if verify && reply != expected {
-        stats.error(|| format!("reply {} does not echo {}", quote(&reply), quote(expected)));
+        stats.error_kind(NOT_ECHO, || {
+            format!("reply {} does not echo {}", quote(&reply), quote(expected))
+        });
     } else {
         Stats::add(&stats.done, 1);
     }

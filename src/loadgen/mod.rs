@@ -153,6 +153,9 @@ impl Default for BenchOptions {
 /// | `elapsed_s` | all | seconds of the measured phase (rr: first request to last reply; idle: all lines sent and answered; fanout: first send to last delivery or the end of the grace period) |
 /// | `errors` | all | failed connects, connections lost early, `ERR` replies, wrong or missing replies |
 /// | `first_error` | all | the first error's message, or `null` |
+/// | `error_counts` | all | every kind of error seen, most frequent first: `[{"error": "reply is not the echo of the request", "count": 3}]` (empty without errors) |
+/// | `interrupted` | all | true when Ctrl-C stopped the run: the figures are those so far |
+/// | `connect_rate` | all | connections opened per second while opening them all: the server's accept rate (idle) |
 /// | `connect_total_ms` | all | milliseconds to open all connections (WebSocket: connect and upgrade) |
 /// | `connect_p99_us` | all | 99th percentile of one connect (WebSocket: with its upgrade), µs |
 /// | `pipeline` | rr | requests in flight per connection |
@@ -186,6 +189,15 @@ pub struct Report {
     pub errors: u64,
     /// The first error's message.
     pub first_error: Option<String>,
+    /// Every kind of error seen and how many, most frequent first.
+    #[serde(default)]
+    pub error_counts: Vec<ErrorCount>,
+    /// Ctrl-C stopped the run; the figures are those so far.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// Connections opened a second while opening them all.
+    #[serde(default)]
+    pub connect_rate: Option<f64>,
     /// Milliseconds to open all connections.
     pub connect_total_ms: Option<f64>,
     /// 99th percentile of one connect, µs.
@@ -233,6 +245,15 @@ pub struct Report {
     pub server_rss_per_conn_answered_kib: Option<f64>,
 }
 
+/// One kind of error and how many times it happened.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    /// The error, without details that vary from one to the next.
+    pub error: String,
+    /// How many times.
+    pub count: u64,
+}
+
 /// Runs one scenario against `opts.addr` and reports what it measured.
 ///
 /// Errors are for runs that cannot start or measure nothing (bad options,
@@ -267,11 +288,20 @@ pub fn run(opts: &BenchOptions) -> io::Result<Report> {
         progress: Progress::new(opts.progress),
         stats: Arc::new(Stats::new()?),
     };
+    let started = std::time::Instant::now();
     let result = runtime.block_on(async {
-        match opts.scenario {
-            Scenario::Rr => rr::run(&ctx).await,
-            Scenario::Idle => idle::run(&ctx).await,
-            Scenario::Fanout => fanout::run(&ctx).await,
+        let scenario = async {
+            match opts.scenario {
+                Scenario::Rr => rr::run(&ctx).await,
+                Scenario::Idle => idle::run(&ctx).await,
+                Scenario::Fanout => fanout::run(&ctx).await,
+            }
+        };
+        tokio::select! {
+            result = scenario => result,
+            // Like wrk: Ctrl-C ends the run, and the figures so far are
+            // reported. Without the handler it is not caught at all.
+            Ok(()) = tokio::signal::ctrl_c() => Ok(ctx.interrupted(started.elapsed())),
         }
     });
     ctx.progress.finish();
@@ -283,15 +313,19 @@ pub fn sweep(opts: &BenchOptions, conns: &[usize]) -> io::Result<Vec<Report>> {
     if opts.scenario != Scenario::Rr {
         return Err(invalid("--sweep works with --scenario rr only"));
     }
-    conns
-        .iter()
-        .map(|&n| {
-            run(&BenchOptions {
-                conns: n,
-                ..opts.clone()
-            })
-        })
-        .collect()
+    let mut reports = Vec::new();
+    for &n in conns {
+        let report = run(&BenchOptions {
+            conns: n,
+            ..opts.clone()
+        })?;
+        let interrupted = report.interrupted;
+        reports.push(report);
+        if interrupted {
+            break;
+        }
+    }
+    Ok(reports)
 }
 
 /// The `bench` command: one run (or a sweep when `sweep` is not empty),
@@ -316,10 +350,23 @@ pub fn command(
     }
     let mut stdout = io::stdout().lock();
     if json {
-        write_json(&mut stdout, &reports)
+        write_json(&mut stdout, &reports)?;
     } else {
-        write_table(&mut stdout, &reports)
+        write_table(&mut stdout, &reports)?;
     }
+    io::Write::flush(&mut stdout)?;
+    if reports.iter().any(|r| r.interrupted) {
+        // 128 + SIGINT, as a shell reports a command Ctrl-C stopped.
+        std::process::exit(130);
+    }
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        return Err(io::Error::other(format!(
+            "{errors} error{} (see above)",
+            if errors == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(())
 }
 
 /// One server to load: a line server at `HOST:PORT`, or a WebSocket
@@ -384,8 +431,42 @@ impl Ctx<'_> {
             conns: self.opts.conns,
             errors,
             first_error,
+            error_counts: self
+                .stats
+                .error_kinds()
+                .into_iter()
+                .map(|(error, count)| ErrorCount { error, count })
+                .collect(),
             ..Report::default()
         }
+    }
+
+    /// The report of a run Ctrl-C stopped: the counters so far, over
+    /// `elapsed` since the run began (connecting included).
+    fn interrupted(&self, elapsed: Duration) -> Report {
+        let stats = &self.stats;
+        let done = Stats::count(&stats.done);
+        let mut report = self.report();
+        report.interrupted = true;
+        report.opened = Stats::count(&stats.opened);
+        report.elapsed_s = elapsed.as_secs_f64();
+        match self.opts.scenario {
+            Scenario::Rr => {
+                report.pipeline = Some(self.opts.pipeline);
+                report.sent = Some(Stats::count(&stats.sent));
+                report.completed = Some(done);
+            }
+            Scenario::Idle => report.answered = Some(done),
+            Scenario::Fanout => {
+                report.sent = Some(Stats::count(&stats.sent));
+                report.delivered = Some(done);
+            }
+        }
+        if self.opts.scenario != Scenario::Idle {
+            report.throughput = Some(done as f64 / elapsed.as_secs_f64().max(1e-9));
+        }
+        stats::Percentiles::fill(&stats.latency(), &mut report);
+        report
     }
 
     fn cpu_us(&self) -> Option<u64> {

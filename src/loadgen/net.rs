@@ -50,6 +50,7 @@ impl Opened {
     pub fn fill(&self, report: &mut super::Report) {
         report.opened = self.count;
         report.connect_total_ms = Some(self.total.as_secs_f64() * 1000.0);
+        report.connect_rate = Some(self.count as f64 / self.total.as_secs_f64().max(1e-9));
         report.connect_p99_us = (!self.connect.is_empty())
             .then(|| self.connect.value_at_quantile(0.99) as f64 / 1000.0);
     }

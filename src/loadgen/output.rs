@@ -33,16 +33,22 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
         Scenario::Idle => "idle connections",
         Scenario::Fanout => "fanout (chat)",
     };
-    let mut rows: Vec<(&str, String)> = vec![
-        ("scenario", scenario.into()),
+    let mut rows: Vec<(&str, String)> = vec![("scenario", scenario.into())];
+    if r.interrupted {
+        rows.push(("interrupted", "by Ctrl-C: the figures so far".into()));
+    }
+    rows.extend([
         ("server", r.addr.clone()),
         ("connections", format!("{} opened of {}", r.opened, r.conns)),
-    ];
+    ]);
     if let (Some(total), Some(p99)) = (r.connect_total_ms, r.connect_p99_us) {
         rows.push((
             "connect time",
             format!("{total:.1} ms for all, p99 {p99:.0} µs each"),
         ));
+    }
+    if let Some(rate) = r.connect_rate {
+        rows.push(("connect rate", format!("{rate:.0} connections/s")));
     }
     if let Some(p) = r.pipeline {
         rows.push(("pipeline", p.to_string()));
@@ -80,7 +86,7 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
             rows.push((label, format!("{us:.1} µs")));
         }
     }
-    rows.push(("errors", r.errors.to_string()));
+    rows.push(("errors", errors(r)));
     if let Some(e) = &r.first_error {
         rows.push(("first error", e.clone()));
     }
@@ -115,6 +121,20 @@ fn write_fields(out: &mut impl Write, r: &Report) -> io::Result<()> {
         writeln!(out, "{label:<width$}  {value}")?;
     }
     Ok(())
+}
+
+/// `110465 reply is not the echo of the request, 3 connection reset`, or
+/// `0`.
+fn errors(r: &Report) -> String {
+    let kinds: Vec<String> = r
+        .error_counts
+        .iter()
+        .map(|e| format!("{} {}", e.count, e.error))
+        .collect();
+    match kinds.is_empty() {
+        true => r.errors.to_string(),
+        false => kinds.join(", "),
+    }
 }
 
 fn write_rows(out: &mut impl Write, reports: &[Report]) -> io::Result<()> {

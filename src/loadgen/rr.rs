@@ -10,7 +10,9 @@
 //! had already arrived is matched, and the batch goes out in one write too.
 
 use super::net::{Conn, open_all};
-use super::stats::{Monitor, Percentiles, Stats, is_err, nanos, quote, record};
+use super::stats::{
+    Monitor, NOT_ECHO, Percentiles, SERVER_ERR, Stats, is_err, nanos, quote, record,
+};
 use super::ws::{self, Incoming, WsStream};
 use super::{Ctx, Report, per_conn, per_op};
 use crate::error::describe;
@@ -214,9 +216,12 @@ async fn drive(mut stream: TcpStream, shared: Arc<Shared>) -> Option<TcpStream> 
     }
 }
 
-/// Counts a lost connection as one error.
+/// Counts a lost connection as one error. Its kind leaves out how many
+/// requests were unanswered, so that lost connections count as one kind.
 fn lost<T>(stats: &Stats, message: String) -> Option<T> {
-    stats.error(|| message);
+    let kind = message.split(" (").next().unwrap_or(&message);
+    let kind = kind.split(" with ").next().unwrap_or(kind);
+    stats.error_kind(kind, || message.clone());
     None
 }
 
@@ -234,15 +239,19 @@ fn replies(shared: &Shared, rbuf: &mut Vec<u8>, inflight: &mut VecDeque<Instant>
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         consumed += end + 1;
         let Some(sent) = inflight.pop_front() else {
-            stats.error(|| format!("unexpected line {}", quote(line)));
+            stats.error_kind("unexpected line", || {
+                format!("unexpected line {}", quote(line))
+            });
             continue;
         };
         answered += 1;
         record(&mut latency, nanos(now - sent));
         if is_err(line) {
-            stats.error(|| format!("server answered {}", quote(line)));
+            stats.error_kind(SERVER_ERR, || format!("server answered {}", quote(line)));
         } else if shared.verify && line != expected {
-            stats.error(|| format!("reply {} does not echo {}", quote(line), quote(expected)));
+            stats.error_kind(NOT_ECHO, || {
+                format!("reply {} does not echo {}", quote(line), quote(expected))
+            });
         }
     }
     drop(latency);
@@ -313,7 +322,9 @@ async fn drive_ws(mut ws: Box<WsStream>, shared: Arc<Shared>) -> Option<Box<WsSt
                 }
             };
             let Some(sent) = inflight.pop_front() else {
-                stats.error(|| format!("unexpected line {}", quote(&line)));
+                stats.error_kind("unexpected line", || {
+                    format!("unexpected line {}", quote(&line))
+                });
                 next = ready_message(&mut ws);
                 continue;
             };
@@ -321,9 +332,11 @@ async fn drive_ws(mut ws: Box<WsStream>, shared: Arc<Shared>) -> Option<Box<WsSt
             record(&mut latency, nanos(now - sent));
             let expected = &shared.request[..shared.request.len() - 1];
             if is_err(&line) {
-                stats.error(|| format!("server answered {}", quote(&line)));
+                stats.error_kind(SERVER_ERR, || format!("server answered {}", quote(&line)));
             } else if shared.verify && *line != *expected {
-                stats.error(|| format!("reply {} does not echo {}", quote(&line), quote(expected)));
+                stats.error_kind(NOT_ECHO, || {
+                    format!("reply {} does not echo {}", quote(&line), quote(expected))
+                });
             }
             next = ready_message(&mut ws);
         }

@@ -26,6 +26,8 @@ pub(super) struct Stats {
     pub done: AtomicU64,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
+    /// Every kind of error seen and how many times, in order of first sight.
+    kinds: Mutex<Vec<(String, u64)>>,
     /// Latency in nanoseconds.
     latency: Mutex<Histogram<u64>>,
 }
@@ -38,18 +40,40 @@ impl Stats {
             done: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             first_error: Mutex::new(None),
+            kinds: Mutex::new(Vec::new()),
             latency: Mutex::new(histogram()?),
         })
     }
 
-    /// Counts one error; the first one's message is kept for the report.
+    /// Counts one error of the kind `message` says; the first one's
+    /// message is kept for the report.
     pub fn error(&self, message: impl FnOnce() -> String) {
+        let message = message();
+        self.error_kind(&message.clone(), || message);
+    }
+
+    /// Counts one error of `kind` (a message without the details that vary
+    /// from one error to the next); `detail` is the full message, kept when
+    /// it is the first error.
+    pub fn error_kind(&self, kind: &str, detail: impl FnOnce() -> String) {
         if self.errors.fetch_add(1, Relaxed) == 0 {
             let mut first = lock(&self.first_error);
             if first.is_none() {
-                *first = Some(message());
+                *first = Some(detail());
             }
         }
+        let mut kinds = lock(&self.kinds);
+        match kinds.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind.to_string(), 1)),
+        }
+    }
+
+    /// Every kind of error and its count, most frequent first.
+    pub fn error_kinds(&self) -> Vec<(String, u64)> {
+        let mut kinds = lock(&self.kinds).clone();
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+        kinds
     }
 
     /// Errors so far and the first one's message.
@@ -87,6 +111,12 @@ pub(super) fn record(h: &mut Histogram<u64>, value: u64) {
         h.saturating_record(value);
     }
 }
+
+/// The kind of error of a reply that is not its request, with --verify-echo.
+pub(super) const NOT_ECHO: &str = "reply is not the echo of the request";
+
+/// The kind of error of an `ERR ...` reply.
+pub(super) const SERVER_ERR: &str = "server answered ERR";
 
 /// An `ERR ...` line, the convention of sockline's protocols.
 pub(super) fn is_err(line: &[u8]) -> bool {
