@@ -748,3 +748,33 @@ fn cli_ctrl_c_prints_the_figures_so_far() {
     assert!(completed > 0, "{stdout}");
     assert!(stdout.contains("latency p99"), "{stdout}");
 }
+
+/// Peer addresses the `peers_server` saw.
+static PEERS: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+
+/// Records the peer's address, then answers `ok` to every line.
+fn peers_server(stream: TcpStream, _id: usize) {
+    PEERS.lock().unwrap().push(stream.peer_addr().unwrap());
+    let mut out = stream.try_clone().unwrap();
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || out.write_all(b"ok\n").is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn idle_spreads_connections_over_source_addresses_from_the_start() {
+    let addr = tiny_server(peers_server);
+    let r = bench(BenchOptions {
+        scenario: Scenario::Idle,
+        conns: 40,
+        hold: Duration::from_millis(100),
+        ..options(addr)
+    });
+    assert_eq!(r.answered, Some(40), "{r:?}");
+    assert!(r.connect_rate.unwrap() > 0.0);
+    let peers = PEERS.lock().unwrap();
+    let sources: std::collections::HashSet<_> = peers.iter().map(|a| a.ip()).collect();
+    assert!(sources.len() > 1, "all from {sources:?}");
+}
