@@ -26,13 +26,14 @@ local function split(s)
 end
 
 -- An op retried after its reply was lost: the answer it had, not a second run.
-local queries = { who = true, rooms = true }
-if not queries[op] then
+-- (sent is "run\tcount\tresult"; read in place, as every op does this.)
+if op ~= 'who' and op ~= 'rooms' then
   local sent = redis.call('HGET', P .. 'sent', node)
   if sent then
-    local last = split(sent)
-    if last[1] == run and tonumber(last[2]) >= count then
-      return last[3]
+    local a = string.find(sent, '\t', 1, true)
+    local b = a and string.find(sent, '\t', a + 1, true)
+    if b and string.sub(sent, 1, a - 1) == run and (tonumber(string.sub(sent, a + 1, b - 1)) or 0) >= count then
+      return string.sub(sent, b + 1)
     end
   end
 end
@@ -46,10 +47,19 @@ end
 -- Gives the message its place in the room's order: the next offset, the
 -- capped stream (history, repairs), the channel.
 local function order(room, sender, from, kind, payload)
-  local offset = redis.call('HINCRBY', P .. 'offsets', room, 1)
+  -- As an integer's digits, once (a Lua number is printed as a float each time).
+  local offset = string.format('%d', redis.call('HINCRBY', P .. 'offsets', room, '1'))
   local m = epoch .. '\t' .. offset .. '\t' .. sender .. '\t' .. from .. '\t' .. kind .. '\t' .. payload
   redis.call('XADD', P .. 'stream:' .. room, 'MAXLEN', '~', length, offset .. '-1', 'm', m)
   redis.call('PUBLISH', P .. 'room:' .. room, m)
+end
+
+-- The op nearly every call is: done before the other ops' helpers are made.
+if op == 'say' then
+  -- room, from, kind, payload
+  order(ARGV[8], node, ARGV[9], ARGV[10], ARGV[11])
+  redis.call('HSET', P .. 'sent', node, run .. '\t' .. ARGV[3] .. '\t')
+  return ''
 end
 
 local function register(name, room, from)
@@ -90,10 +100,7 @@ local function forget(gone, why)
 end
 
 local result = ''
-if op == 'say' then
-  -- room, from, kind, payload
-  order(ARGV[8], node, ARGV[9], ARGV[10], ARGV[11])
-elseif op == 'enter' then
+if op == 'enter' then
   -- room, from, name: the name it gets back (a fresh one if that was taken)
   local room, from, name = ARGV[8], ARGV[9], ARGV[10]
   local m = member(name)
@@ -188,5 +195,5 @@ else
   return redis.error_reply('sockline: unknown op ' .. op)
 end
 
-redis.call('HSET', P .. 'sent', node, run .. '\t' .. count .. '\t' .. result)
+redis.call('HSET', P .. 'sent', node, run .. '\t' .. ARGV[3] .. '\t' .. result)
 return result
