@@ -3,8 +3,8 @@
 -- name change together or not at all. See cluster.rs for the design.
 --
 -- ARGV: node, run (this start of that node), count (the op's number in
--- that run), a fresh epoch in case there is none, stream length, op, then
--- the op's own arguments.
+-- that run; a say of several lines: the last line's), a fresh epoch in
+-- case there is none, stream length, op, then the op's own arguments.
 --
 -- Keys, all under "sockline:": epoch; offsets (hash room -> last offset);
 -- stream:ROOM (capped, entry id "OFFSET-1", field m); room:ROOM (channel);
@@ -26,13 +26,18 @@ local function split(s)
 end
 
 -- An op retried after its reply was lost: the answer it had, not a second run.
-local queries = { who = true, rooms = true }
-if not queries[op] then
+-- (sent is "run\tcount\tresult"; read in place, as every op does this.)
+local done = 0 -- the number of this run's last op that ran
+if op ~= 'who' and op ~= 'rooms' then
   local sent = redis.call('HGET', P .. 'sent', node)
   if sent then
-    local last = split(sent)
-    if last[1] == run and tonumber(last[2]) >= count then
-      return last[3]
+    local a = string.find(sent, '\t', 1, true)
+    local b = a and string.find(sent, '\t', a + 1, true)
+    if b and string.sub(sent, 1, a - 1) == run then
+      done = tonumber(string.sub(sent, a + 1, b - 1)) or 0
+      if done >= count then
+        return string.sub(sent, b + 1)
+      end
     end
   end
 end
@@ -46,10 +51,33 @@ end
 -- Gives the message its place in the room's order: the next offset, the
 -- capped stream (history, repairs), the channel.
 local function order(room, sender, from, kind, payload)
-  local offset = redis.call('HINCRBY', P .. 'offsets', room, 1)
+  -- As an integer's digits, once (a Lua number is printed as a float each time).
+  local offset = string.format('%d', redis.call('HINCRBY', P .. 'offsets', room, '1'))
   local m = epoch .. '\t' .. offset .. '\t' .. sender .. '\t' .. from .. '\t' .. kind .. '\t' .. payload
   redis.call('XADD', P .. 'stream:' .. room, 'MAXLEN', '~', length, offset .. '-1', 'm', m)
   redis.call('PUBLISH', P .. 'room:' .. room, m)
+end
+
+-- The op nearly every call is: done before the other ops' helpers are made.
+if op == 'say' then
+  -- room, from, kind, payload; again for each further line. The lines are
+  -- numbered up to count, one each: those that ran are not run again, and
+  -- if one fails, those before it are recorded as run.
+  local n = count - (#ARGV - 7) / 4
+  for i = 8, #ARGV, 4 do
+    n = n + 1
+    if n > done then
+      local ok, err = pcall(order, ARGV[i], node, ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+      if not ok then
+        if n - 1 > done then
+          redis.call('HSET', P .. 'sent', node, run .. '\t' .. string.format('%d', n - 1) .. '\t')
+        end
+        error(err)
+      end
+    end
+  end
+  redis.call('HSET', P .. 'sent', node, run .. '\t' .. ARGV[3] .. '\t')
+  return ''
 end
 
 local function register(name, room, from)
@@ -90,10 +118,7 @@ local function forget(gone, why)
 end
 
 local result = ''
-if op == 'say' then
-  -- room, from, kind, payload
-  order(ARGV[8], node, ARGV[9], ARGV[10], ARGV[11])
-elseif op == 'enter' then
+if op == 'enter' then
   -- room, from, name: the name it gets back (a fresh one if that was taken)
   local room, from, name = ARGV[8], ARGV[9], ARGV[10]
   local m = member(name)
@@ -188,5 +213,5 @@ else
   return redis.error_reply('sockline: unknown op ' .. op)
 end
 
-redis.call('HSET', P .. 'sent', node, run .. '\t' .. count .. '\t' .. result)
+redis.call('HSET', P .. 'sent', node, run .. '\t' .. ARGV[3] .. '\t' .. result)
 return result

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The script every op runs.
 const OPS: &str = include_str!("ops.lua");
+/// Ops taken from the queue at once, at most (so also lines in one `say`).
+const BATCH: usize = 64;
+/// A line's arguments to `say`.
+const SAY_ARGS: usize = 4;
 
 /// What the loop asks of the cluster.
 #[derive(Debug)]
@@ -162,7 +166,8 @@ impl Link {
         }
     }
 
-    /// Runs `op` once.
+    /// Runs `op` once. It takes the next number; a `say` of several
+    /// lines takes one per line, and the script gets the last.
     fn call(&mut self, op: &str, args: &[Vec<u8>]) -> redis::RedisResult<Value> {
         if self.connection.is_none() {
             self.connection = connect(&self.url, &mut self.down);
@@ -170,7 +175,10 @@ impl Link {
         let Some(connection) = self.connection.as_mut() else {
             return Err(std::io::Error::other("no connection").into());
         };
-        self.count += 1;
+        self.count += match op {
+            "say" => (args.len() / SAY_ARGS).max(1) as u64,
+            _ => 1,
+        };
         let mut invocation = self.script.prepare_invoke();
         invocation
             .arg(&self.node)
@@ -194,8 +202,8 @@ impl Link {
 
     /// Runs `op` until Redis takes it or `patience` runs out, counted
     /// from when Redis was last reachable: once an outage has outlasted
-    /// it, each op is tried once. A retry keeps its number, so the script
-    /// runs it once.
+    /// it, each op is tried once. A retry keeps its number (each line its
+    /// own), so the script runs it once.
     fn call_until(&mut self, op: &str, args: &[Vec<u8>], patience: Duration) -> Option<Value> {
         let failing = *self.failing.get_or_insert_with(Instant::now);
         let count = self.count;
@@ -216,10 +224,14 @@ impl Link {
 /// The thread: ops in order, and a beat every [`BEAT`].
 pub(super) fn run(mut link: Link, queue: &Receiver<Op>, mailbox: &Mailbox<ClusterEvent>) {
     let mut beat_at = Instant::now() + BEAT;
+    let mut ops = Vec::with_capacity(BATCH);
     loop {
         match queue.recv_timeout(beat_at.saturating_duration_since(Instant::now())) {
             Ok(op) => {
-                if !execute(&mut link, op, mailbox) {
+                // The ops already waiting behind it go with it.
+                ops.push(op);
+                ops.extend(queue.try_iter().take(BATCH - 1));
+                if !execute_all(&mut link, &mut ops, mailbox) {
                     return;
                 }
             }
@@ -238,12 +250,56 @@ pub(super) fn run(mut link: Link, queue: &Receiver<Op>, mailbox: &Mailbox<Cluste
     }
 }
 
-/// Runs one op and posts what follows from it; false once the loop is gone.
+/// Runs `ops` (emptied) in order and posts what follows from each; false
+/// once the loop is gone. Consecutive lines go in one `say`, which orders
+/// them one after the other in one round trip, each line numbered in turn.
+/// If that fails, each line is run alone with its number (as if they had
+/// never gone together), and the script skips those that ran.
+fn execute_all(link: &mut Link, ops: &mut Vec<Op>, mailbox: &Mailbox<ClusterEvent>) -> bool {
+    let mut ops = ops.drain(..).peekable();
+    while let Some(op) = ops.next() {
+        let mut lines = Vec::new();
+        while let Op::Say { .. } = op
+            && let Some(line) = ops.next_if(|op| matches!(op, Op::Say { .. }))
+        {
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            if !execute(link, op, mailbox) {
+                return false;
+            }
+            continue;
+        }
+        lines.insert(0, op);
+        let before = link.count;
+        let args: Vec<_> = lines.iter().flat_map(|line| line.args().1).collect();
+        if link.call("say", &args).is_ok() {
+            link.failing = None;
+            continue;
+        }
+        for (number, line) in (before..).zip(lines) {
+            link.count = number;
+            if !execute(link, line, mailbox) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Runs one op (numbered after `link.count`) and posts what follows from
+/// it; false once the loop is gone.
 fn execute(link: &mut Link, op: Op, mailbox: &Mailbox<ClusterEvent>) -> bool {
     let (name, args) = op.args();
-    let Some(value) = link.call_until(name, &args, PUBLISH_PATIENCE) else {
-        return not_sent(op, mailbox);
-    };
+    match link.call_until(name, &args, PUBLISH_PATIENCE) {
+        Some(value) => settle(op, value, mailbox),
+        None => not_sent(op, mailbox),
+    }
+}
+
+/// Posts what follows from `op`, which Redis answered `value`; false once
+/// the loop is gone.
+fn settle(op: Op, value: Value, mailbox: &Mailbox<ClusterEvent>) -> bool {
     let (to, event) = match op {
         Op::Say { .. } | Op::Exit { .. } | Op::Depart(_) => return true,
         Op::Enter { from, name, .. } => match text(&value) {
