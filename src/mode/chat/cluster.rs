@@ -36,7 +36,9 @@
 //! Nothing lost, nothing doubled:
 //! - The publisher retries an op until Redis takes it. Each carries its
 //!   number in this run of the node; the script remembers the last one per
-//!   node, so a retry after a reply lost on the way runs once.
+//!   node, so a retry after a reply lost on the way runs once. Lines that
+//!   waited together go in one run of the script (one round trip), each
+//!   with its own number: if one of them fails, each is run again alone.
 //! - The subscriber delivers each room's messages strictly by offset: one
 //!   it has seen is dropped; after a gap (a subscription that was cut, a
 //!   node that lagged) the missing offsets are read back from the room's

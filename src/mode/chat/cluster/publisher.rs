@@ -1,7 +1,8 @@
 //! The publisher thread: runs the cluster's one script (`ops.lua`) for
-//! each op the loop hands over, in order, retrying each until Redis takes
-//! it or [`PUBLISH_PATIENCE`] runs out (then its member is told); and
-//! beats every [`BEAT`], which is also when dead nodes are noticed.
+//! each op the loop hands over, in order (lines that wait together in one
+//! run), retrying each until Redis takes it or [`PUBLISH_PATIENCE`] runs
+//! out (then its member is told); and beats every [`BEAT`], which is also
+//! when dead nodes are noticed.
 
 use super::{
     Answer, BEAT, ClusterEvent, DEAD, PUBLISH_PATIENCE, RETRY, Target, USERS_BLOCK, connect, post,
