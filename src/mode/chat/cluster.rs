@@ -419,7 +419,7 @@ impl Rooms for RedisRooms {
         self.local.join(&room, member)
     }
 
-    fn exit(&mut self, room: &str, member: ConnId, name: &str, why: Leaving, out: &mut Output) {
+    fn exit(&mut self, room: &str, member: ConnId, name: &str, why: Leaving, _out: &mut Output) {
         self.local.leave(room, member);
         self.present.remove(&member);
         let op = match why {
@@ -438,7 +438,6 @@ impl Rooms for RedisRooms {
         };
         if !self.submit(op) {
             tracing::warn!(name, "the cluster link is busy: a leave was not told");
-            let _ = out;
         }
     }
 
