@@ -48,6 +48,18 @@ pub struct ServeArgs {
     /// What the server answers.
     #[arg(long, value_enum, default_value_t = Mode::Ack)]
     pub mode: Mode,
+    /// Instead of a mode: run COMMAND (with /bin/sh -c) once per client,
+    /// its stdin the client's bytes and its stdout sent back as it is; its
+    /// stderr is logged. It gets PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT,
+    /// TCPLOCALIP, TCPLOCALPORT (and TLSCLIENTSUBJECT with
+    /// --tls-client-ca), as under tcpserver.
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["mode", "web"])]
+    pub exec: Option<String>,
+    /// With --exec: seconds a child has, once its client is gone (or the
+    /// server drains), before its process group gets SIGTERM; SIGKILL
+    /// follows as long after.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    pub exec_grace: Duration,
     /// Longest accepted line in bytes; longer ones get an error and a close.
     #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_line: u64,

@@ -54,6 +54,7 @@
 //! the next state. Then `peer` is the client's address, and the server
 //! admits it or not ([`Status::Admit`], [`Connection::admit`]).
 
+mod child;
 mod inbox;
 mod outbox;
 
@@ -64,6 +65,7 @@ use crate::protocol::{CloseReason, ConnId, Flow, Message, Output, Protocol};
 use crate::proxy::{self, Parsed};
 use crate::transport::Transport;
 use crate::web::{self, Origins};
+use child::Piped;
 use inbox::{Answered, Answerer, Inbox};
 use mio::net::TcpStream;
 use outbox::Outbox;
@@ -146,6 +148,10 @@ pub enum Status {
     /// now the client's address), or is not valid (`Err`: why): the server
     /// decides, calls [`Connection::admit`], then drives it again.
     Admit(Result<(), &'static str>),
+    /// Ready for its helper process (`serve --exec`): the server starts
+    /// it, hands it over ([`Connection::adopt`]) or tells the client it
+    /// could not ([`Connection::end_with`]), then drives it again.
+    Spawn,
 }
 
 /// The stages of a connection's life (see the module docs for the picture).
@@ -170,6 +176,12 @@ enum State<S> {
     Refusing,
     /// Reading lines and answering them.
     Open(S),
+    /// With `serve --exec`, instead of `Open`: waiting for the server to
+    /// start the helper process (see [`Status::Spawn`]).
+    Spawning,
+    /// Its bytes go to its helper process and back (see `child`), until
+    /// the child has exited and its output is delivered; then `Lingering`.
+    Child(Box<Piped>),
     /// Server shutdown: reading only the bytes that were in the socket at
     /// the signal (`left`; `u32::MAX` when unknown: until dry), answering
     /// them, then `Draining`. A client that keeps sending cannot hold it.
@@ -225,6 +237,8 @@ impl<S> State<S> {
             | State::Handshake { .. }
             | State::Http { .. }
             | State::Refusing
+            | State::Spawning
+            | State::Child(_)
             | State::Lingering { .. } => None,
         }
     }
@@ -245,6 +259,9 @@ pub struct Accepted {
     /// From the `--web` listener: HTTP first, then WebSocket, for pages
     /// from these origins.
     pub web: Option<Arc<Origins>>,
+    /// Handed to a helper process once the handshake is done, instead of
+    /// the protocol (`serve --exec`).
+    pub exec: bool,
 }
 
 /// A client connection.
@@ -255,6 +272,8 @@ pub struct Connection<S> {
     framing: Framing,
     /// From the `--web` listener (see [`Accepted::web`]).
     web: Option<Arc<Origins>>,
+    /// See [`Accepted::exec`].
+    exec: bool,
     state: State<S>,
     /// Sweeps since the last complete line (lingering: since the client
     /// last sent anything).
@@ -305,6 +324,7 @@ impl<S> Connection<S> {
             peer: accepted.peer,
             framing: Framing::default(),
             web: accepted.web,
+            exec: accepted.exec,
             state,
             idle: 0,
             quiet: 0,
@@ -361,6 +381,7 @@ impl<S> Connection<S> {
                 // Never admitted, never served: its line is no output.
                 scratch.counts.bytes_out -= scratch.output.len() as u64;
             }
+            None if self.exec => self.state = State::Spawning,
             None => {
                 let mut out = scratch.output(self.id, self.framing);
                 self.state = State::Open(proto.open(self.peer, &mut out));
@@ -423,6 +444,11 @@ impl<S> Connection<S> {
     /// gave (the proxy's own until then, or with a header that gave none).
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// With TLS and a client certificate: its subject.
+    pub fn client_subject(&self) -> Option<String> {
+        self.stream.peer_subject()
     }
 
     /// The socket, for (re)registration with the event loop.
@@ -567,6 +593,15 @@ impl<S> Connection<S> {
     /// Closes the connection with a last line of the server's own (e.g. an
     /// idle timeout): nothing more is answered; what is pending still goes.
     pub fn end_with(&mut self, notice: &[u8], why: CloseReason, scratch: &mut Scratch) -> Status {
+        if let State::Child(_) = self.state {
+            // The notice, then the child is let go (see `abandon`).
+            let mut line = notice.to_vec();
+            line.push(b'\n');
+            (self.outbox).send(&mut self.stream, &line, &mut scratch.counts);
+            let _ = self.outbox.flush(&mut self.stream);
+            self.abandon(why);
+            return Status::Wait { want_write: false };
+        }
         let session = self.state.take_session(why);
         self.state = State::Closing { session, why };
         self.inbox.clear();
@@ -582,7 +617,7 @@ impl<S> Connection<S> {
     pub fn deliver(&mut self, msg: Message, max_queue: usize) -> bool {
         if matches!(
             self.state,
-            State::Closing { .. } | State::Refusing | State::Lingering { .. }
+            State::Closing { .. } | State::Refusing | State::Lingering { .. } | State::Child(_)
         ) {
             return true;
         }
@@ -617,6 +652,8 @@ impl<S> Connection<S> {
             State::Proxy { refusal } => return self.proxy_header(refusal, scratch, hup),
             State::Admitting => return Status::Wait { want_write: false },
             State::Http { refusal } => return self.http(refusal, proto, scratch, max_line, hup),
+            State::Spawning => return Status::Spawn,
+            State::Child(_) => return self.pump(scratch),
             _ => {}
         }
         scratch.budget = self.inbox.budget;
@@ -686,6 +723,14 @@ impl<S> Connection<S> {
             let (refusal, n) = (*refusal, *n);
             self.inbox.hold(&scratch.input[..n]);
             return Some(self.http(refusal, proto, scratch, max_line, hup));
+        }
+        if let State::Spawning = self.state {
+            // The TLS handshake just ended: its first bytes are the
+            // child's (an end or an error shows again on the next read).
+            if let Ok(n) = read {
+                self.inbox.hold(&scratch.input[..n]);
+            }
+            return Some(Status::Spawn);
         }
         match read {
             Ok(0) => {

@@ -56,6 +56,7 @@ pub mod connection;
 #[cfg(any(feature = "client", feature = "bench"))]
 pub mod error;
 pub mod escape;
+pub mod exec;
 pub mod framing;
 pub mod kernel;
 #[cfg(feature = "bench")]

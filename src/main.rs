@@ -80,6 +80,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         web_origins: sockline::web::Origins {
             allowed: args.web_origin.clone(),
         },
+        exec: args.exec.clone().map(|command| sockline::exec::Exec {
+            command,
+            grace: args.exec_grace,
+        }),
     };
     let (metrics, drain, json) = (config.metrics.clone(), args.drain_timeout, say.json);
     let quiet = args.quiet;
@@ -130,10 +134,20 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     // Last: tools wait for this line (the web one, if any, came first).
     let addr = listeners.lines.local_addr()?;
-    let mode = format!("{:?}", args.mode).to_lowercase();
-    let message = format!("{:?} mode, listening on {addr}", args.mode);
+    let (mode, message) = match &args.exec {
+        Some(command) => (
+            "exec".into(),
+            format!("exec mode ({command}), listening on {addr}"),
+        ),
+        None => (
+            format!("{:?}", args.mode).to_lowercase(),
+            format!("{:?} mode, listening on {addr}", args.mode),
+        ),
+    };
     say.line(&message, &[("listen", addr.to_string()), ("mode", mode)]);
     match args.mode {
+        // With --exec (which excludes --mode) the helper processes answer,
+        // and the protocol is never asked.
         Mode::Ack => listeners.run(mode::Ack, config, shutdown),
         Mode::Echo => listeners.run(mode::Echo, config, shutdown),
         Mode::Chat => {

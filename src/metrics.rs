@@ -33,7 +33,7 @@ pub struct Counts {
 }
 
 /// Close reasons in the order they are exposed.
-const CLOSES: [CloseReason; 11] = [
+const CLOSES: [CloseReason; 12] = [
     CloseReason::Protocol,
     CloseReason::Client,
     CloseReason::Reset,
@@ -45,6 +45,7 @@ const CLOSES: [CloseReason; 11] = [
     CloseReason::Tls,
     CloseReason::Handshake,
     CloseReason::Malformed,
+    CloseReason::Child,
 ];
 
 /// Refusals in the order they are exposed.
@@ -89,6 +90,7 @@ struct ByClose {
     tls: AtomicU64,
     handshake: AtomicU64,
     malformed: AtomicU64,
+    child: AtomicU64,
 }
 
 impl ByClose {
@@ -105,6 +107,7 @@ impl ByClose {
             CloseReason::Tls => &self.tls,
             CloseReason::Handshake => &self.handshake,
             CloseReason::Malformed => &self.malformed,
+            CloseReason::Child => &self.child,
         }
     }
 }
@@ -129,6 +132,11 @@ pub struct Metrics {
     lingered: ByClose,
     cut: AtomicU64,
     cut_bytes: AtomicU64,
+    children: AtomicU64,
+    spawned: AtomicU64,
+    spawn_failed: AtomicU64,
+    /// Children reaped, by exit status (`0`, `SIGKILL`, ...).
+    exits: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -187,6 +195,25 @@ impl Metrics {
     pub fn cut(&self, unsent: u64) {
         self.cut.fetch_add(1, Relaxed);
         self.cut_bytes.fetch_add(unsent, Relaxed);
+    }
+
+    /// Counts a helper process started (`serve --exec`).
+    pub fn spawned(&self) {
+        self.spawned.fetch_add(1, Relaxed);
+        self.children.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a helper process that could not be started.
+    pub fn spawn_failed(&self) {
+        self.spawn_failed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a helper process reaped, with its exit status in a few words
+    /// (`0`, `SIGKILL`; see [`crate::exec::describe`]).
+    pub fn exited(&self, status: String) {
+        self.children.fetch_sub(1, Relaxed);
+        let mut exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+        *exits.entry(status).or_default() += 1;
     }
 
     /// Connections admitted, closed, and refused by reason (in
@@ -313,7 +340,41 @@ impl Metrics {
             "Bytes left unsent on connections the drain timeout closed.",
             get(&self.cut_bytes),
         );
+        if get(&self.spawned) + get(&self.spawn_failed) > 0 {
+            self.render_exec(&mut text);
+        }
         text.0
+    }
+
+    /// The `serve --exec` families, once a child was started (or tried).
+    fn render_exec(&self, text: &mut Text) {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        text.one(
+            "exec_children",
+            "gauge",
+            "Helper processes (--exec) running or not yet reaped.",
+            get(&self.children),
+        );
+        text.one(
+            "exec_started_total",
+            "counter",
+            "Helper processes started.",
+            get(&self.spawned),
+        );
+        text.one(
+            "exec_spawn_failures_total",
+            "counter",
+            "Helper processes that could not be started (the client got an ERR line).",
+            get(&self.spawn_failed),
+        );
+        let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        text.by(
+            "exec_exits_total",
+            "counter",
+            "Helper processes reaped, by exit status: the exit code, or the signal that ended it.",
+            "status",
+            exits.iter().map(|(status, n)| (status.as_str(), *n)),
+        );
     }
 }
 

@@ -108,6 +108,9 @@ pub enum CloseReason {
     /// A WebSocket frame broke the protocol (unmasked, out of order, a
     /// text message that is not UTF-8, ...).
     Malformed,
+    /// `serve --exec`: the helper process exited and its output was
+    /// delivered (or it could not be started).
+    Child,
 }
 
 impl CloseReason {
@@ -122,6 +125,7 @@ impl CloseReason {
                 | CloseReason::Idle
                 | CloseReason::Shutdown
                 | CloseReason::Malformed
+                | CloseReason::Child
         )
     }
 
@@ -139,6 +143,7 @@ impl CloseReason {
             CloseReason::Tls => "tls_error",
             CloseReason::Handshake => "tls_handshake_timeout",
             CloseReason::Malformed => "malformed_frame",
+            CloseReason::Child => "child_exited",
         }
     }
 
@@ -156,6 +161,7 @@ impl CloseReason {
             CloseReason::Tls => "TLS error",
             CloseReason::Handshake => "TLS handshake timeout",
             CloseReason::Malformed => "malformed frame",
+            CloseReason::Child => "child exited",
         }
     }
 }

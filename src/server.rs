@@ -15,6 +15,7 @@ pub use crate::admission::Access;
 
 use crate::admission::{Admission, Refusal};
 use crate::connection::{Accepted, Connection, Scratch, Status};
+use crate::exec::{self, Exec, Graves};
 use crate::framing::Framing;
 use crate::kernel;
 use crate::mailbox::{self, Letterbox, Mail};
@@ -74,6 +75,10 @@ pub struct Config {
     /// Pages that may open a WebSocket on the web listener
     /// ([`run_with_web`]).
     pub web_origins: Origins,
+    /// Hand every connection to a helper process of its own, instead of
+    /// the protocol: its bytes to the process's stdin, its stdout back
+    /// (`serve --exec`; see [`crate::exec`]).
+    pub exec: Option<Exec>,
 }
 
 impl Default for Config {
@@ -94,6 +99,7 @@ impl Default for Config {
             write_timeout: Some(Duration::from_secs(30)),
             proxy_protocol: false,
             web_origins: Origins::default(),
+            exec: None,
         }
     }
 }
@@ -123,6 +129,14 @@ const WEB: Token = Token(usize::MAX - 3);
 /// The `out.id()` of mail for the loop as a whole: no connection.
 const NOBODY: ConnId = ConnId::nobody();
 const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens per connection: its socket (0), and with `--exec` its child's
+/// pipes and pidfd ([`exec::STDIN`]...).
+const SOURCES: usize = 8;
+
+/// The token of `source` of connection `key`.
+fn token(key: usize, source: usize) -> Token {
+    Token(key * SOURCES + source)
+}
 /// A WebSocket client silent this long gets a ping (and again each time
 /// as long): proxies and NATs on the way keep the connection, and a peer
 /// that is gone shows as a write the client does not take
@@ -181,6 +195,11 @@ fn serve<P: Protocol>(
     listener.set_nonblocking(true)?;
     if let Some(web) = &web {
         web.set_nonblocking(true)?;
+    }
+    if config.exec.is_some()
+        && let Err(e) = exec::become_subreaper()
+    {
+        tracing::warn!("cannot adopt the helpers' orphans (they may be left as zombies): {e}");
     }
     let workers = match config.workers {
         _ if P::ONE_LOOP => 1,
@@ -289,6 +308,8 @@ struct Worker<P: Protocol> {
     lingering: usize,
     /// Shutting down: no new connections, so lingering is not capped.
     draining: bool,
+    /// With `--exec`: process groups of ended connections left to reap.
+    graves: Graves,
 }
 
 struct Entry<S> {
@@ -354,6 +375,7 @@ impl<P: Protocol> Worker<P> {
             refusing: 0,
             lingering: 0,
             draining: false,
+            graves: Graves::default(),
         })
     }
 
@@ -367,7 +389,7 @@ impl<P: Protocol> Worker<P> {
                 self.start_drain();
             }
             if let Some(at) = deadline
-                && (self.conns.is_empty() || Instant::now() >= at)
+                && (self.conns.is_empty() && self.graves.is_empty() || Instant::now() >= at)
             {
                 self.cut_all();
                 return Ok(());
@@ -405,11 +427,18 @@ impl<P: Protocol> Worker<P> {
                     LISTENER => self.accept_on(false),
                     WEB => self.accept_on(true),
                     WAKER => {}
-                    Token(key) => {
-                        let Some(entry) = self.conns.get(key) else {
+                    Token(token) => {
+                        let (key, source) = (token / SOURCES, token % SOURCES);
+                        let Some(entry) = self.conns.get_mut(key) else {
                             continue;
                         };
                         let hup = event.is_read_closed() || event.is_error();
+                        entry.conn.child_ready(source, hup);
+                        if source != 0 {
+                            // The child's pipes or its exit.
+                            self.drive(key, false);
+                            continue;
+                        }
                         // A writable-only event matters only with bytes pending.
                         if event.is_readable() || hup || entry.want_write {
                             self.drive(key, hup);
@@ -494,10 +523,10 @@ impl<P: Protocol> Worker<P> {
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(KERNEL_UNSENT);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let registered = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE);
+        let registered =
+            self.poll
+                .registry()
+                .register(&mut stream, token(key, 0), Interest::READABLE);
         let transport = registered.and_then(|()| match &shared.config.tls {
             Some(tls) => Transport::tls(stream, tls.clone()),
             None => Ok(Transport::Plain(stream)),
@@ -531,6 +560,7 @@ impl<P: Protocol> Worker<P> {
             refusal,
             budget: self.budget,
             web: web.then(|| self.origins.clone()),
+            exec: shared.config.exec.is_some() && !web,
         };
         let conn = open(accepted, &mut self.proto, &mut self.scratch);
         let standing = match refusal {
@@ -556,6 +586,9 @@ impl<P: Protocol> Worker<P> {
             .drive(&mut self.proto, &mut self.scratch, max_line, hup);
         if let Status::Admit(header) = status {
             return self.admit_proxied(key, header, hup);
+        }
+        if status == Status::Spawn {
+            return self.spawn(key);
         }
         if status == Status::Yield {
             self.ready.push((key, hup));
@@ -616,6 +649,48 @@ impl<P: Protocol> Worker<P> {
         self.drive(key, hup);
     }
 
+    /// Starts connection `key`'s helper process and hands the connection
+    /// to it; one that cannot be started is told so, and the server goes on.
+    fn spawn(&mut self, key: usize) {
+        let Some(exec) = &self.shared.config.exec else {
+            return self.close(key, CloseReason::Error);
+        };
+        let metrics = &self.shared.config.metrics;
+        let entry = &mut self.conns[key];
+        let remote = entry.conn.peer();
+        let client = exec::Client {
+            remote,
+            local: entry.conn.stream().local_addr().unwrap_or(remote),
+            subject: entry.conn.client_subject(),
+        };
+        let spawned = exec.spawn(&client).and_then(|mut child| {
+            match child.register(self.poll.registry(), |source| token(key, source)) {
+                Ok(()) => Ok(child),
+                Err(e) => {
+                    child.kill_now();
+                    Err(e)
+                }
+            }
+        });
+        match spawned {
+            Ok(child) => {
+                metrics.spawned();
+                tracing::debug!(peer = %remote, pid = child.pid(), "child started");
+                entry.conn.adopt(child);
+                self.drive(key, false);
+            }
+            Err(e) => {
+                metrics.spawn_failed();
+                tracing::warn!(peer = %remote, error = %e, "cannot start the command");
+                let line = b"ERR cannot start the command";
+                let status = entry
+                    .conn
+                    .end_with(line, CloseReason::Child, &mut self.scratch);
+                self.settle(key, status);
+            }
+        }
+    }
+
     fn settle(&mut self, key: usize, status: Status) {
         let entry = &mut self.conns[key];
         match status {
@@ -627,13 +702,13 @@ impl<P: Protocol> Worker<P> {
                 };
                 entry.want_write = want_write;
                 let registry = self.poll.registry();
-                if let Err(e) = registry.reregister(entry.conn.stream(), Token(key), interest) {
+                if let Err(e) = registry.reregister(entry.conn.stream(), token(key, 0), interest) {
                     tracing::warn!(peer = %entry.conn.peer(), "cannot watch connection: {e}");
                     self.close(key, CloseReason::Error);
                 }
             }
-            // `Admit` comes only from `drive`, which handles it.
-            Status::Wait { .. } | Status::Yield | Status::Admit(_) => {}
+            // `Admit` and `Spawn` come only from `drive`, which handles them.
+            Status::Wait { .. } | Status::Yield | Status::Admit(_) | Status::Spawn => {}
             Status::Close(why) => self.close(key, why),
         }
     }
@@ -685,6 +760,24 @@ impl<P: Protocol> Worker<P> {
         let metrics = &self.shared.config.metrics;
         let entry = &mut self.conns[key];
         let id = entry.conn.id();
+        if entry.conn.child_alive() {
+            if may_linger {
+                // It ends once its child is reaped (see `Connection::pump`).
+                entry.conn.abandon(why);
+                return;
+            }
+            // The drain timeout: no more waiting.
+            if let Some(child) = entry.conn.child() {
+                child.kill_now();
+            }
+        }
+        let peer = entry.conn.peer();
+        if let Some(child) = entry.conn.child() {
+            let status = child.status().map_or("unknown".into(), exec::describe);
+            tracing::debug!(%peer, pid = child.pid(), %status, "child exited");
+            metrics.exited(status);
+            self.graves.bury(child.grave());
+        }
         if entry.conn.lingering() {
             let mut entry = self.conns.remove(key);
             let _ = self.poll.registry().deregister(entry.conn.stream());
@@ -729,7 +822,7 @@ impl<P: Protocol> Worker<P> {
             let session = entry.conn.linger();
             if std::mem::take(&mut entry.want_write) {
                 let registry = self.poll.registry();
-                let _ = registry.reregister(entry.conn.stream(), Token(key), Interest::READABLE);
+                let _ = registry.reregister(entry.conn.stream(), token(key, 0), Interest::READABLE);
             }
             self.ready.push((key, true));
             session
@@ -818,6 +911,16 @@ impl<P: Protocol> Worker<P> {
                 ends.push((key, CloseReason::TooSlow));
             }
         }
+        let now = Instant::now();
+        for (key, entry) in self.conns.iter_mut() {
+            if let Some(child) = entry.conn.child()
+                && child.tick(now)
+            {
+                // Signalled: see whether it is gone.
+                self.ready.push((key, false));
+            }
+        }
+        self.graves.sweep(now);
         let metrics = &self.shared.config.metrics;
         metrics.queued(std::mem::replace(&mut self.queued, queued), queued);
         let was = std::mem::replace(&mut self.websockets, websockets);
@@ -862,6 +965,7 @@ impl<P: Protocol> Worker<P> {
                 entry
                     .conn
                     .stop_reading(&mut self.proto, &mut self.scratch, unread);
+                entry.conn.drain_child(self.shared.config.drain_timeout);
                 self.drive(key, true);
             }
         }
@@ -894,6 +998,8 @@ impl<P: Protocol> Worker<P> {
             }
             self.end(key, CloseReason::Shutdown, false);
         }
+        self.graves
+            .sweep(Instant::now() + Duration::from_secs(3600));
         self.scratch.post.clear();
     }
 }
@@ -934,7 +1040,8 @@ impl Sweep {
         let second = Duration::from_secs(1);
         let handshake = (config.tls.is_some() || config.proxy_protocol || web)
             .then_some(config.handshake_timeout);
-        let timeouts = [config.idle_timeout, handshake, config.write_timeout];
+        let grace = config.exec.as_ref().map(|exec| exec.grace);
+        let timeouts = [config.idle_timeout, handshake, config.write_timeout, grace];
         // At least once a second, for the rate budget and the queue gauge.
         let every = match timeouts.iter().flatten().min() {
             Some(t) => (*t / 2).clamp(Duration::from_millis(10), second),

@@ -139,6 +139,17 @@ impl Transport {
         }
     }
 
+    /// The subject of the client's certificate (with `--tls-client-ca`),
+    /// as `CN=alice, O=Example`.
+    pub fn peer_subject(&self) -> Option<String> {
+        let Transport::Tls(tls) = self else {
+            return None;
+        };
+        let der = tls.session.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(cert.subject().to_string())
+    }
+
     /// True when encrypted records wait for the socket.
     pub fn tls_pending(&self) -> bool {
         match self {

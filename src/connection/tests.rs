@@ -28,6 +28,7 @@ fn open<P: Protocol>(
     let peer = "127.0.0.1:1".parse().unwrap();
     let stream = Transport::Memory(Box::new(memory));
     let accepted = Accepted {
+        exec: false,
         id: ConnId::new(0, 0),
         stream,
         peer,
@@ -253,6 +254,7 @@ fn open_proxied<P: Protocol>(proto: &mut P) -> (Connection<P::Session>, Scratch)
     let peer = "127.0.0.1:1".parse().unwrap();
     let id = ConnId::new(0, 0);
     let accepted = Accepted {
+        exec: false,
         id,
         stream,
         peer,
@@ -413,6 +415,7 @@ fn lines_after_a_wait_are_answered_only_after_the_mail_that_ends_it() {
 fn upgraded(proto: &mut Echo) -> (Connection<()>, Scratch) {
     let mut scratch = Scratch::default();
     let accepted = Accepted {
+        exec: false,
         id: ConnId::new(0, 0),
         stream: Transport::Memory(Box::new(Memory {
             room: usize::MAX,

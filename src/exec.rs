@@ -1,0 +1,407 @@
+//! `serve --exec`: a helper process per client, as the tutorial proposes
+//! and as `inetd`, djb's `tcpserver` and `ncat --exec` do.
+//!
+//! [`Exec::spawn`] starts `/bin/sh -c COMMAND` for one connection, with
+//! the UCSPI-TCP environment (`PROTO`, `TCPREMOTEIP`, ...) and three
+//! non-blocking pipes, in a process group of its own. The connection's
+//! event loop drives those pipes like its sockets (see
+//! `Connection::pump`): no thread per client, and each direction stops
+//! reading its source while its destination has bytes it did not take, so
+//! a child that floods a slow client, or a client that floods a child that
+//! does not read, is held back by a full pipe or socket, never by a buffer
+//! without bound.
+//!
+//! The exit of the child comes to the loop as readiness of its pidfd, so no
+//! signal handler is involved. Every signal goes to the whole process
+//! group, so a shell's own children do not outlive it, and the server is a
+//! child subreaper ([`become_subreaper`]): those children, orphaned when
+//! the shell exits, are reparented to the server and reaped by it
+//! ([`Graves`]), not left as zombies of an init that may not reap.
+
+use mio::unix::SourceFd;
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Registry, Token};
+use rustix::process::{Pid, Signal, WaitOptions};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How a server runs one helper process per client.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// The command, run by `/bin/sh -c`.
+    pub command: String,
+    /// Once the client is gone (or the server drains), how long the child
+    /// has to exit before its group gets SIGTERM, then as long again before
+    /// SIGKILL.
+    pub grace: Duration,
+}
+
+/// The sources of one child, after the connection's socket (0) in the
+/// event loop's numbering of a connection's tokens.
+pub const STDIN: usize = 1;
+/// The child's stdout.
+pub const STDOUT: usize = 2;
+/// The child's stderr.
+pub const STDERR: usize = 3;
+/// The child's pidfd: readable once it exited.
+pub const EXIT: usize = 4;
+
+/// Longest stderr line logged as one; a longer one is logged in pieces.
+const STDERR_LINE: usize = 4096;
+
+/// What a connection knows about its client at spawn.
+pub struct Client {
+    /// The client's address (the one a PROXY header gave, if any).
+    pub remote: SocketAddr,
+    /// The server's address on the connection.
+    pub local: SocketAddr,
+    /// With `--tls-client-ca`: the client certificate's subject.
+    pub subject: Option<String>,
+}
+
+impl Exec {
+    /// Starts the command for `client`; its pipes are non-blocking.
+    pub fn spawn(&self, client: &Client) -> io::Result<Child> {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .env("PROTO", "TCP")
+            .env("TCPREMOTEIP", client.remote.ip().to_string())
+            .env("TCPREMOTEPORT", client.remote.port().to_string())
+            .env("TCPLOCALIP", client.local.ip().to_string())
+            .env("TCPLOCALPORT", client.local.port().to_string());
+        if let Some(subject) = &client.subject {
+            command.env("TLSCLIENTSUBJECT", subject);
+        }
+        let mut process = command.spawn()?;
+        let pid = Pid::from_child(&process);
+        let pipes = (|| {
+            let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+            let stdin = Sender::from(process.stdin.take().expect("piped"));
+            let stdout = Receiver::from(process.stdout.take().expect("piped"));
+            let stderr = Receiver::from(process.stderr.take().expect("piped"));
+            stdin.set_nonblocking(true)?;
+            stdout.set_nonblocking(true)?;
+            stderr.set_nonblocking(true)?;
+            io::Result::Ok((pidfd, stdin, stdout, stderr))
+        })();
+        let (pidfd, stdin, stdout, stderr) = match pipes {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let _ = process.wait();
+                return Err(e);
+            }
+        };
+        Ok(Child {
+            process,
+            pid,
+            pidfd,
+            stdin: Some(stdin),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            pending: Vec::new(),
+            stderr_line: Vec::new(),
+            status: None,
+            wrote: false,
+            grace: self.grace,
+            clock: None,
+        })
+    }
+}
+
+/// A running helper process and its pipes.
+pub struct Child {
+    process: std::process::Child,
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// `None` once closed: the client's end came (or it is gone), or the
+    /// child closed its stdin.
+    pub stdin: Option<Sender>,
+    /// `None` once at its end (or the client is gone).
+    pub stdout: Option<Receiver>,
+    stderr: Option<Receiver>,
+    /// Bytes from the client the child's stdin did not take yet: while any
+    /// wait, the client is not read.
+    pub pending: Vec<u8>,
+    /// A stderr line not complete yet.
+    stderr_line: Vec<u8>,
+    /// Its exit status, once reaped.
+    status: Option<ExitStatus>,
+    /// It wrote something to its stdout.
+    pub wrote: bool,
+    grace: Duration,
+    /// Since when the child has been expected to end, and the signals its
+    /// group already got (0: none, 1: SIGTERM, 2: SIGKILL).
+    clock: Option<(Instant, u8)>,
+}
+
+impl Child {
+    /// Its process ID (and process group ID).
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Registers its pipes and pidfd under `token(source)`.
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        token: impl Fn(usize) -> Token,
+    ) -> io::Result<()> {
+        if let Some(stdin) = &mut self.stdin {
+            registry.register(stdin, token(STDIN), Interest::WRITABLE)?;
+        }
+        if let Some(stdout) = &mut self.stdout {
+            registry.register(stdout, token(STDOUT), Interest::READABLE)?;
+        }
+        if let Some(stderr) = &mut self.stderr {
+            registry.register(stderr, token(STDERR), Interest::READABLE)?;
+        }
+        let fd = self.pidfd.as_raw_fd();
+        registry.register(&mut SourceFd(&fd), token(EXIT), Interest::READABLE)
+    }
+
+    /// Closes its stdin (the client's end came, or it is gone), throwing
+    /// away what the child did not read; starts the grace clock.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+        self.pending = Vec::new();
+        self.start_clock(Instant::now(), 0);
+    }
+
+    /// The client is gone: nobody reads the child's output any more (its
+    /// next write fails), nobody writes its input.
+    pub fn orphan(&mut self) {
+        self.close_stdin();
+        self.stdout = None;
+    }
+
+    /// The server drains: stdin closes now, and the signals come within
+    /// `drain` (half of it each, at most the grace).
+    pub fn drain(&mut self, drain: Duration) {
+        self.grace = self.grace.min(drain / 2);
+        self.close_stdin();
+    }
+
+    fn start_clock(&mut self, now: Instant, signals: u8) {
+        if self.clock.is_none() {
+            self.clock = Some((now, signals));
+        }
+    }
+
+    /// Reaps the child if it exited; true once it has. A group it leaves
+    /// behind gets SIGTERM at once, and SIGKILL after the grace.
+    pub fn reap(&mut self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        match self.process.try_wait() {
+            Ok(Some(status)) => self.status = Some(status),
+            Ok(None) => return false,
+            // Not ours to wait for any more (cannot happen: only this
+            // handle reaps it); count it as gone.
+            Err(_) => self.status = Some(ExitStatus::default()),
+        }
+        if group_alive(self.pid) {
+            let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
+            self.clock = Some((Instant::now(), 1));
+        }
+        true
+    }
+
+    /// True when it exited as a shell does when it cannot run the command:
+    /// 127 (not found) or 126 (not executable).
+    pub fn not_started(&self) -> bool {
+        matches!(self.status.and_then(|s| s.code()), Some(126 | 127))
+    }
+
+    /// Its exit status, once reaped.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Sends the signals that are due by `now`; true if one was sent.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let Some((since, sent)) = &mut self.clock else {
+            return false;
+        };
+        let due = match now.saturating_duration_since(*since) {
+            t if t >= self.grace * 2 => 2,
+            t if t >= self.grace => 1,
+            _ => 0,
+        };
+        if due <= *sent {
+            return false;
+        }
+        *sent = due;
+        let signal = if due == 2 { Signal::KILL } else { Signal::TERM };
+        rustix::process::kill_process_group(self.pid, signal).is_ok()
+    }
+
+    /// Reads its stderr until dry (or `budget` reads) and logs each line,
+    /// tagged with the client's address.
+    pub fn log_stderr(&mut self, buf: &mut [u8], peer: SocketAddr, budget: usize) {
+        use std::io::Read;
+        for _ in 0..budget {
+            let Some(stderr) = &mut self.stderr else {
+                break;
+            };
+            match stderr.read(buf) {
+                Ok(0) => {
+                    self.stderr = None;
+                    break;
+                }
+                Ok(n) => self.stderr_line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.stderr = None;
+                    break;
+                }
+            }
+            self.log_lines(peer, false);
+        }
+        self.log_lines(peer, self.stderr.is_none());
+    }
+
+    /// Logs the complete lines held (and with `all` the rest too).
+    fn log_lines(&mut self, peer: SocketAddr, all: bool) {
+        let mut start = 0;
+        let held = &self.stderr_line;
+        loop {
+            let rest = &held[start..];
+            let (line, used) = match memchr::memchr(b'\n', rest) {
+                Some(at) if at <= STDERR_LINE => (&rest[..at], at + 1),
+                _ if rest.len() > STDERR_LINE => (&rest[..STDERR_LINE], STDERR_LINE),
+                _ if all && !rest.is_empty() => (rest, rest.len()),
+                _ => break,
+            };
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            tracing::info!(
+                %peer,
+                pid = self.process.id(),
+                line = %crate::escape::escape_lossy(line),
+                "child stderr"
+            );
+            start += used;
+        }
+        self.stderr_line.drain(..start);
+    }
+
+    /// The server stops now (drain timeout): SIGKILL to the group, and the
+    /// child reaped.
+    pub fn kill_now(&mut self) {
+        if self.status.is_none() {
+            let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+            self.status = self.process.wait().ok();
+        }
+    }
+
+    /// Its process group, to reap what the child left behind once the
+    /// connection is gone.
+    pub fn grave(&self) -> Grave {
+        Grave {
+            pgid: self.pid,
+            since: Instant::now(),
+            grace: self.grace,
+            killed: false,
+        }
+    }
+}
+
+/// True while any process of group `pgid` exists (a zombie counts).
+fn group_alive(pgid: Pid) -> bool {
+    rustix::process::test_kill_process_group(pgid).is_ok()
+}
+
+/// What a child's process group left behind after the connection ended:
+/// members still running (SIGKILLed after the grace), or exited and not
+/// yet reaped.
+pub struct Grave {
+    pgid: Pid,
+    since: Instant,
+    grace: Duration,
+    killed: bool,
+}
+
+/// The process groups of a worker's ended connections that may still have
+/// members; reaped at each sweep.
+#[derive(Default)]
+pub struct Graves(Vec<Grave>);
+
+impl Graves {
+    /// Reaps `grave` now if it can, or keeps it for the sweeps.
+    pub fn bury(&mut self, mut grave: Grave) {
+        if !grave.reap() {
+            self.0.push(grave);
+        }
+    }
+
+    /// Reaps what can be, and SIGKILLs groups past their grace.
+    pub fn sweep(&mut self, now: Instant) {
+        self.0.retain_mut(|grave| {
+            if !grave.killed && now.saturating_duration_since(grave.since) >= grave.grace {
+                let _ = rustix::process::kill_process_group(grave.pgid, Signal::KILL);
+                grave.killed = true;
+            }
+            !grave.reap()
+        });
+    }
+
+    /// True when nothing is left to reap.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Grave {
+    /// Reaps the group's exited members; true once none is left.
+    fn reap(&mut self) -> bool {
+        loop {
+            match rustix::process::waitpgid(self.pgid, WaitOptions::NOHANG) {
+                Ok(Some(_)) => continue,
+                // Members left, none exited yet; or none of ours at all
+                // (orphans are ours only as a subreaper), then whether
+                // any is alive.
+                Ok(None) => return false,
+                // SIGKILLed already: what is left is not ours to reap.
+                Err(rustix::io::Errno::CHILD) => {
+                    return !group_alive(self.pgid) || self.killed;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Makes this process the reaper of its descendants' orphans, so that what
+/// a child's shell leaves behind is reaped here ([`Graves`]).
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(rustix::process::set_child_subreaper(Some(
+        rustix::process::getpid(),
+    ))?)
+}
+
+/// `status` in a few words, for logs and metrics: `0`, `3`, or a signal's
+/// name (`SIGKILL`).
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(signal)) => match Signal::from_named_raw(signal) {
+            Some(s) => format!("{s:?}").replace("Signal::", "SIG"),
+            None => format!("signal {signal}"),
+        },
+        (None, None) => "unknown".into(),
+    }
+}
