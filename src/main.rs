@@ -53,7 +53,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         mode::check_url(url, redis_tls.as_ref()).map_err(anyhow::Error::msg)?;
     }
     if let Err(e) = server::raise_fd_limit() {
-        tracing::warn!("cannot raise the open-file limit: {e}");
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
     let listener = server::bind(args.listen).map_err(|e| listen_error("", args.listen, &e))?;
     let shutdown = Shutdown::new();
@@ -196,7 +196,7 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("no connection summaries: {e}");
+        tracing::warn!(error = %e, "no connection summaries");
     }
 }
 
