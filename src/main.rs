@@ -164,10 +164,15 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
     let spawned = std::thread::Builder::new()
         .name("summary".into())
         .spawn(move || {
+            // TLS failures read before the churn: a part of its closed.
+            let mut last_tls = metrics.tls_failed();
             let mut last = metrics.churn();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
+                let tls = metrics.tls_failed();
                 let now = metrics.churn();
+                let tls_failed = tls - last_tls;
+                last_tls = tls;
                 let opened = now.0 - last.0;
                 let closed = now.1 - last.1;
                 let deltas: Vec<(&str, u64)> = (now.2.iter().zip(last.2))
@@ -183,16 +188,16 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
                     .map(|(why, n)| format!("{n} {why}"))
                     .collect();
                 let refused_for = reasons.join(", ");
-                match refused {
-                    0 => tracing::info!(opened, closed, "connections in the last second"),
-                    _ => tracing::info!(
-                        opened,
-                        closed,
-                        refused,
-                        refused_for,
-                        "connections in the last second"
-                    ),
-                }
+                // Fields that would be 0 are left out (`None` is not shown).
+                let some = |n: u64| (n > 0).then_some(n);
+                tracing::info!(
+                    opened,
+                    closed,
+                    tls_failed = some(tls_failed),
+                    refused = some(refused),
+                    refused_for = (refused > 0).then_some(refused_for.as_str()),
+                    "connections in the last second"
+                );
             }
         });
     if let Err(e) = spawned {

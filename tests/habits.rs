@@ -363,6 +363,32 @@ fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
 }
 
 #[test]
+fn the_summary_counts_tls_failures() {
+    let mut server = serve_binary(&["--tls-self-signed"]);
+    // Plain text to a TLS server: its handshake fails.
+    let mut plain = common::connect(server.addr);
+    common::send(&mut plain, b"hello\n");
+    let _ = common::read_to_close(&mut plain);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+        .join()
+        .unwrap();
+    let summaries: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("connections in the last second"))
+        .collect();
+    // Opened and closed may fall in two seconds: the counts add up.
+    let count = |name: &str| -> u64 {
+        (summaries.iter())
+            .filter_map(|l| l.split(&format!(" {name}=")).nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((count("closed"), count("tls_failed")), (1, 1), "{log}");
+}
+
+#[test]
 fn help_texts_name_values_as_the_readme_does() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
