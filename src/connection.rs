@@ -785,7 +785,7 @@ impl<S> Connection<S> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    tracing::debug!(peer = %self.peer, "TLS: {e}");
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS error");
                 }
                 Some(Status::Close(error_reason(&e)))
             }
@@ -854,7 +854,7 @@ impl<S> Connection<S> {
                 };
             }
             web::Request::Error(code, _, why) => {
-                tracing::debug!(peer = %self.peer, "HTTP {code}: {why}");
+                tracing::debug!(peer = %self.peer, status = code, reason = why, "HTTP error");
                 self.inbox.clear();
                 self.state = State::Closing {
                     session: None,

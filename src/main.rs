@@ -53,7 +53,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         mode::check_url(url, redis_tls.as_ref()).map_err(anyhow::Error::msg)?;
     }
     if let Err(e) = server::raise_fd_limit() {
-        tracing::warn!("cannot raise the open-file limit: {e}");
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
     let listener = server::bind(args.listen).map_err(|e| listen_error("", args.listen, &e))?;
     let shutdown = Shutdown::new();
@@ -178,10 +178,15 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
     let spawned = std::thread::Builder::new()
         .name("summary".into())
         .spawn(move || {
+            // TLS failures read before the churn: a part of its closed.
+            let mut last_tls = metrics.tls_failed();
             let mut last = metrics.churn();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
+                let tls = metrics.tls_failed();
                 let now = metrics.churn();
+                let tls_failed = tls - last_tls;
+                last_tls = tls;
                 let opened = now.0 - last.0;
                 let closed = now.1 - last.1;
                 let deltas: Vec<(&str, u64)> = (now.2.iter().zip(last.2))
@@ -197,20 +202,20 @@ fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
                     .map(|(why, n)| format!("{n} {why}"))
                     .collect();
                 let refused_for = reasons.join(", ");
-                match refused {
-                    0 => tracing::info!(opened, closed, "connections in the last second"),
-                    _ => tracing::info!(
-                        opened,
-                        closed,
-                        refused,
-                        refused_for,
-                        "connections in the last second"
-                    ),
-                }
+                // Fields that would be 0 are left out (`None` is not shown).
+                let some = |n: u64| (n > 0).then_some(n);
+                tracing::info!(
+                    opened,
+                    closed,
+                    tls_failed = some(tls_failed),
+                    refused = some(refused),
+                    refused_for = (refused > 0).then_some(refused_for.as_str()),
+                    "connections in the last second"
+                );
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("no connection summaries: {e}");
+        tracing::warn!(error = %e, "no connection summaries");
     }
 }
 

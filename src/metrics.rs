@@ -228,6 +228,13 @@ impl Metrics {
         (self.accepted.load(Relaxed), closed, refused)
     }
 
+    /// Connections closed on a TLS error so far: most are failed
+    /// handshakes (a client speaking plain text, or one that does not trust
+    /// the certificate). Of the closed that [`Metrics::churn`] counts.
+    pub fn tls_failed(&self) -> u64 {
+        self.closed.of(CloseReason::Tls).load(Relaxed)
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let get = |a: &AtomicU64| a.load(Relaxed);

@@ -469,13 +469,14 @@ impl<P: Protocol> Worker<P> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_out_of_resources(&e) => {
                     tracing::warn!(
-                        "cannot accept: {e}; pausing {} ms",
-                        ACCEPT_BACKOFF.as_millis()
+                        error = %e,
+                        pause_ms = ACCEPT_BACKOFF.as_millis() as u64,
+                        "cannot accept; pausing"
                     );
                     self.accept_at = Some(Instant::now() + ACCEPT_BACKOFF);
                 }
                 // The client gave up before we got to it; nothing to serve.
-                Err(e) => tracing::debug!("accept failed: {e}"),
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
             }
         }
     }
@@ -494,8 +495,8 @@ impl<P: Protocol> Worker<P> {
         if let Err(why) = verdict {
             shared.config.metrics.refused(why);
             match proxied {
-                true => tracing::debug!(proxy = %peer, "refused: {}", why.reason()),
-                false => tracing::debug!(%peer, "refused: {}", why.reason()),
+                true => tracing::debug!(proxy = %peer, reason = why.reason(), "refused"),
+                false => tracing::debug!(%peer, reason = why.reason(), "refused"),
             }
             // Over TLS, or on the web listener, the reason can be told only
             // after a handshake (TLS, HTTP): a few such refusals at a time.
@@ -534,7 +535,7 @@ impl<P: Protocol> Worker<P> {
         let stream = match transport {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!(%peer, "cannot serve connection: {e}");
+                tracing::warn!(%peer, error = %e, "cannot serve connection");
                 match refusal {
                     Some(_) if shared.config.tls.is_some() || web => self.refusing -= 1,
                     Some(_) => {}
@@ -609,7 +610,8 @@ impl<P: Protocol> Worker<P> {
             Ok(()) => shared.admission.admit_reserved(peer.ip()),
             Err(bad) => {
                 shared.admission.unreserve();
-                tracing::debug!(%proxy, "refused: {} ({bad})", Refusal::Proxy.reason());
+                let reason = Refusal::Proxy.reason();
+                tracing::debug!(%proxy, reason, detail = bad, "refused");
                 Err(Refusal::Proxy)
             }
         };
@@ -624,7 +626,7 @@ impl<P: Protocol> Worker<P> {
                 entry.standing = Standing::Refused;
                 shared.config.metrics.refused(why);
                 if header.is_ok() {
-                    tracing::debug!(%peer, %proxy, "refused: {}", why.reason());
+                    tracing::debug!(%peer, %proxy, reason = why.reason(), "refused");
                 }
                 if shared.config.tls.is_some() || entry.conn.is_web() {
                     if self.refusing >= TLS_REFUSALS {
@@ -703,7 +705,7 @@ impl<P: Protocol> Worker<P> {
                 entry.want_write = want_write;
                 let registry = self.poll.registry();
                 if let Err(e) = registry.reregister(entry.conn.stream(), token(key, 0), interest) {
-                    tracing::warn!(peer = %entry.conn.peer(), "cannot watch connection: {e}");
+                    tracing::warn!(peer = %entry.conn.peer(), error = %e, "cannot watch connection");
                     self.close(key, CloseReason::Error);
                 }
             }
@@ -783,7 +785,8 @@ impl<P: Protocol> Worker<P> {
             let _ = self.poll.registry().deregister(entry.conn.stream());
             self.lingering -= 1;
             metrics.lingered(why);
-            tracing::debug!(peer = %entry.conn.peer(), "lingering close ended: {}", why.as_str());
+            let (peer, reason) = (entry.conn.peer(), why.as_str());
+            tracing::debug!(%peer, reason, "lingering close ended");
             return;
         }
         match entry.standing {
@@ -805,12 +808,14 @@ impl<P: Protocol> Worker<P> {
                     why => format!("{} before one", why.as_str()),
                 };
                 let proxy = entry.conn.peer();
-                tracing::debug!(%proxy, "refused: {} ({before})", Refusal::Proxy.reason());
+                let reason = Refusal::Proxy.reason();
+                tracing::debug!(%proxy, reason, detail = before, "refused");
             }
             Standing::Admitted => {
                 self.shared.release(entry.conn.peer().ip());
                 metrics.closed(why);
-                tracing::debug!(peer = %entry.conn.peer(), "connection closed: {}", why.as_str());
+                let (peer, reason) = (entry.conn.peer(), why.as_str());
+                tracing::debug!(%peer, reason, "connection closed");
             }
         }
         let linger = may_linger && why.lingers() && (self.draining || self.lingering < LINGER_MAX);
@@ -992,7 +997,7 @@ impl<P: Protocol> Worker<P> {
                 tracing::warn!(
                     %peer,
                     unsent,
-                    "drain timeout: closed with {unsent} bytes unsent"
+                    "drain timeout: closed with bytes unsent"
                 );
                 self.shared.config.metrics.cut(unsent as u64);
             }

@@ -238,6 +238,52 @@ fn json_logs_are_one_object_a_line_start_up_lines_included() {
 }
 
 #[test]
+fn json_logs_carry_the_peer_the_line_and_the_reason_as_fields() {
+    let mut server = serve_binary(&["--log-format", "json", "-v"]);
+    let mut client = common::connect(server.addr);
+    let peer = client.local_addr().unwrap().to_string();
+    common::send(&mut client, b"hello json\nBYE\n");
+    assert_eq!(
+        common::read_to_close(&mut client),
+        b" MSG Received\n".repeat(2)
+    );
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    assert!(common::wait_within(&mut server.child, Duration::from_secs(10)).is_some());
+    let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+        .join()
+        .unwrap();
+    let mut objects = Vec::new();
+    for line in server.banner.lines().chain(log.lines()) {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let fields = object["fields"].as_object().expect("fields").clone();
+        // The facts are fields: none is inside the message.
+        let message = fields["message"].as_str().expect("a message");
+        for fact in [peer.as_str(), "hello json", "closed by protocol"] {
+            assert!(!message.contains(fact), "{fact:?} in the message: {line}");
+        }
+        objects.push(fields);
+    }
+    let about = |message: &str| -> Vec<&serde_json::Map<String, serde_json::Value>> {
+        (objects.iter())
+            .filter(|fields| {
+                fields["message"] == message && fields.get("peer") == Some(&peer.clone().into())
+            })
+            .collect()
+    };
+    let lines: Vec<_> = about("line received")
+        .iter()
+        .map(|fields| fields["line"].clone())
+        .collect();
+    assert_eq!(lines, ["hello json", "BYE"], "{log}");
+    let closed = about("connection closed");
+    assert_eq!(closed.len(), 1, "{log}");
+    assert_eq!(closed[0]["reason"], "closed by protocol", "{log}");
+}
+
+#[test]
 fn ctrl_c_says_it_drains_and_a_second_one_stops_at_once() {
     let mut server = serve_binary(&["--drain-timeout", "30"]);
     // A client that sends and never reads: its replies hold the drain.
@@ -297,7 +343,7 @@ fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
         let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
             .join()
             .unwrap();
-        let each = log.matches("refused: server full").count();
+        let each = log.matches(" reason=\"server full\"\n").count();
         let summaries: Vec<&str> = (log.lines())
             .filter(|l| l.contains("connections in the last second"))
             .collect();
@@ -314,6 +360,32 @@ fn a_burst_of_refusals_is_a_line_a_second_unless_verbose() {
             true => assert_eq!(each, 200),
         }
     }
+}
+
+#[test]
+fn the_summary_counts_tls_failures() {
+    let mut server = serve_binary(&["--tls-self-signed"]);
+    // Plain text to a TLS server: its handshake fails.
+    let mut plain = common::connect(server.addr);
+    common::send(&mut plain, b"hello\n");
+    let _ = common::read_to_close(&mut plain);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
+        .join()
+        .unwrap();
+    let summaries: Vec<&str> = (log.lines())
+        .filter(|l| l.contains("connections in the last second"))
+        .collect();
+    // Opened and closed may fall in two seconds: the counts add up.
+    let count = |name: &str| -> u64 {
+        (summaries.iter())
+            .filter_map(|l| l.split(&format!(" {name}=")).nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((count("closed"), count("tls_failed")), (1, 1), "{log}");
 }
 
 #[test]

@@ -403,10 +403,11 @@ fn the_log_names_the_client_and_a_bad_header_once_with_the_proxy_s_address() {
     let log = log_of(server);
     for expected in [
         format!("connection opened peer=10.1.2.3:4567 proxy={proxy}\n"),
-        "Client 10.1.2.3:4567: hello\n".to_string(),
-        "connection closed: closed by protocol peer=10.1.2.3:4567\n".to_string(),
+        "line received peer=10.1.2.3:4567 line=hello\n".to_string(),
+        "connection closed peer=10.1.2.3:4567 reason=\"closed by protocol\"\n".to_string(),
         format!(
-            "refused: no valid PROXY protocol header (not a PROXY protocol header) proxy={bad}\n"
+            "refused proxy={bad} reason=\"no valid PROXY protocol header\" \
+             detail=\"not a PROXY protocol header\"\n"
         ),
     ] {
         assert_eq!(log.matches(&expected).count(), 1, "{expected:?} in:\n{log}");
@@ -493,8 +494,8 @@ fn behind_a_real_haproxy_each_server_sees_the_real_clients() {
     // Each client is in exactly one log, by its own address and port.
     for (i, client) in local.iter().enumerate() {
         let opened = format!("connection opened peer={client} ");
-        let refused = format!("refused: access denied peer={client} ");
-        let said = format!("Client {client}: hello\n");
+        let refused = format!("refused peer={client} ");
+        let said = format!("line received peer={client} line=hello\n");
         let (v1_has, v2_has) = (v1_log.contains(&opened), v2_log.contains(&opened));
         if i == denied {
             assert!(v2_log.contains(&refused), "{refused:?} in:\n{v2_log}");

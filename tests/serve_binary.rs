@@ -299,7 +299,8 @@ fn logs_connections_at_info_and_lines_with_verbose() {
     let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
         .join()
         .unwrap();
-    assert!(log.contains(&format!("Client {peer}: hello log")), "{log}");
+    let said = format!("line received peer={peer} line=hello log\n");
+    assert!(log.contains(&said), "{log}");
     assert!(log.contains("connection opened"), "{log}");
     assert!(log.contains(&peer.to_string()), "{log}");
 }
@@ -319,7 +320,9 @@ fn verbose_log_shows_control_bytes_escaped() {
     let log = std::mem::replace(&mut server.stderr, std::thread::spawn(String::new))
         .join()
         .unwrap();
-    let want = format!("Client {peer}: nul^@ soh^A bel^G esc^[[2J del^? csi\\xc2\\x9b \\x9b end\n");
+    let want = format!(
+        "line received peer={peer} line=nul^@ soh^A bel^G esc^[[2J del^? csi\\xc2\\x9b \\x9b end\n"
+    );
     assert!(log.contains(&want), "{want:?} not in {log:?}");
     for raw in ['\0', '\x01', '\x07', '\x1b', '\x7f', '\u{9b}'] {
         assert!(!log.contains(raw), "{raw:?} in {log:?}");

@@ -342,7 +342,7 @@ impl<P: Protocol> Answerer<'_, P> {
 
     /// A close frame with `code` and `why`, then the connection ends.
     fn refuse(&mut self, code: u16, why: &str, talk: &mut Talk, scratch: &mut Scratch) -> Step {
-        tracing::debug!("Client {}: {why}", self.peer);
+        tracing::debug!(peer = %self.peer, reason = why, code, "WebSocket message refused");
         websocket::close(code, why, &mut scratch.output);
         *talk.closed = true;
         *talk.partial = None;
@@ -358,7 +358,9 @@ impl<P: Protocol> Answerer<'_, P> {
 
     /// One line, answered by the protocol.
     fn one(&mut self, line: &[u8], scratch: &mut Scratch) -> Step {
-        tracing::debug!("Client {}: {}", self.peer, escape_lossy(line));
+        // `%`: the text format prints a field as it is, so the line is escaped
+        // first (control bytes never reach the operator's terminal).
+        tracing::debug!(peer = %self.peer, line = %escape_lossy(line), "line received");
         scratch.counts.lines_in += 1;
         if self.framing == Framing::WebSocket {
             scratch.counts.ws_lines_in += 1;

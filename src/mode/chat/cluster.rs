@@ -309,7 +309,7 @@ impl Rooms for RedisRooms {
                     .spawn(move || publisher::run(link, &queue, &mailbox))
             });
         if let Err(e) = spawned {
-            tracing::error!("cannot start the Redis threads: {e}");
+            tracing::error!(error = %e, "cannot start the Redis threads");
             return;
         }
         // Before serving (not while): a node that published before it
@@ -589,8 +589,10 @@ fn connect(url: &Target, down: &mut bool) -> Option<redis::Connection> {
         Err(e) => {
             if !std::mem::replace(down, true) {
                 tracing::warn!(
-                    "Redis at {url}: {e}; retrying every {} ms",
-                    RETRY.as_millis()
+                    %url,
+                    error = %e,
+                    retry_ms = RETRY.as_millis() as u64,
+                    "Redis unreachable; retrying"
                 );
             }
             None

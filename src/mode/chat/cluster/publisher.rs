@@ -196,7 +196,7 @@ impl Link {
         if let Err(e) = &result
             && self.connection.take().is_some()
         {
-            tracing::warn!(node = self.node, "Redis: cannot run {op}: {e}");
+            tracing::warn!(node = self.node, op, error = %e, "Redis: cannot run a script op");
         }
         result
     }

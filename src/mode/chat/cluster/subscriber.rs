@@ -41,7 +41,7 @@ pub(super) fn run(
             .psubscribe(&pattern)
             .and_then(|()| pubsub.subscribe(node_channel(node)));
         if let Err(e) = subscribed_all {
-            tracing::warn!("Redis: cannot subscribe: {e}");
+            tracing::warn!(error = %e, "Redis: cannot subscribe");
             std::thread::sleep(RETRY);
             continue;
         }
@@ -65,7 +65,7 @@ pub(super) fn run(
             let message = match pubsub.get_message() {
                 Ok(message) => message,
                 Err(e) => {
-                    tracing::warn!("Redis: subscription lost: {e}");
+                    tracing::warn!(error = %e, "Redis: subscription lost");
                     break;
                 }
             };
@@ -156,8 +156,10 @@ impl Order {
         let entries = entries.unwrap_or_else(|e| {
             tracing::warn!(
                 room,
-                "Redis: cannot repair offsets {}..={upto}: {e}",
-                after + 1
+                from = after + 1,
+                upto,
+                error = %e,
+                "Redis: cannot repair offsets"
             );
             Vec::new()
         });
@@ -181,7 +183,9 @@ impl Order {
         if next <= upto {
             tracing::warn!(
                 room,
-                "Redis: offsets {next}..={upto} are gone from the stream"
+                from = next,
+                upto,
+                "Redis: offsets are gone from the stream"
             );
             self.last.insert(room.to_owned(), upto);
         }
