@@ -199,7 +199,7 @@ fn serve<P: Protocol>(
     if config.exec.is_some()
         && let Err(e) = exec::become_subreaper()
     {
-        tracing::warn!("cannot adopt the helpers' orphans (they may be left as zombies): {e}");
+        tracing::warn!(error = %e, "cannot adopt the helpers' orphans (they may be left as zombies)");
     }
     let workers = match config.workers {
         _ if P::ONE_LOOP => 1,
