@@ -192,6 +192,12 @@ impl Child {
         self.close_stdin();
     }
 
+    /// The client's end came, maybe behind bytes the child has not read
+    /// yet: the grace starts now.
+    pub fn start_grace(&mut self) {
+        self.start_clock(Instant::now(), 0);
+    }
+
     fn start_clock(&mut self, now: Instant, signals: u8) {
         if self.clock.is_none() {
             self.clock = Some((now, signals));
@@ -398,10 +404,16 @@ pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => code.to_string(),
-        (None, Some(signal)) => match Signal::from_named_raw(signal) {
-            Some(s) => format!("{s:?}").replace("Signal::", "SIG"),
-            None => format!("signal {signal}"),
-        },
+        (None, Some(signal)) => {
+            const NAMES: [&str; 15] = [
+                "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+                "USR2", "PIPE", "ALRM", "TERM",
+            ];
+            match NAMES.get((signal as usize).wrapping_sub(1)) {
+                Some(name) => format!("SIG{name}"),
+                None => format!("signal {signal}"),
+            }
+        }
         (None, None) => "unknown".into(),
     }
 }

@@ -47,6 +47,8 @@ const STDERR: u8 = 1 << exec::STDERR;
 const EXIT: u8 = 1 << exec::EXIT;
 /// The socket reported the client's end: read it until it says so.
 const HUP: u8 = 1 << 7;
+/// The child's stdout reported its end: the same.
+const OUT_HUP: u8 = 1 << 6;
 
 impl Piped {
     pub fn new(child: Child) -> Box<Self> {
@@ -54,7 +56,7 @@ impl Piped {
             child,
             client: Side::Reading,
             // Events before the handover are unknown: read until dry.
-            ready: SOCKET | HUP | STDIN | STDOUT | STDERR,
+            ready: SOCKET | HUP | STDIN | STDOUT | OUT_HUP | STDERR,
         })
     }
 }
@@ -75,8 +77,15 @@ impl<S> Connection<S> {
     pub fn child_ready(&mut self, source: usize, hup: bool) {
         if let State::Child(piped) = &mut self.state {
             piped.ready |= 1 << source;
-            if source == 0 && hup {
-                piped.ready |= HUP;
+            match source {
+                0 if hup => {
+                    // The client's end (or an error), maybe behind bytes
+                    // the child has not taken: its grace starts now.
+                    piped.ready |= HUP;
+                    piped.child.start_grace();
+                }
+                exec::STDOUT if hup => piped.ready |= OUT_HUP,
+                _ => {}
             }
         }
     }
@@ -151,11 +160,11 @@ impl<S> Connection<S> {
                         piped.child.wrote = true;
                         self.quiet = 0;
                         (self.outbox).send(&mut self.stream, &buf[..n], &mut scratch.counts);
-                        if n < buf.len() {
+                        if n < buf.len() && piped.ready & OUT_HUP == 0 {
                             piped.ready &= !STDOUT;
                         }
                     }
-                    None => piped.ready &= !STDOUT,
+                    None => piped.ready &= !(STDOUT | OUT_HUP),
                 }
                 moved |= piped.ready & STDOUT != 0 || piped.child.stdout.is_none();
             }
