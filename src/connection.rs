@@ -38,6 +38,11 @@
 //!              the client's EOF or an error: closed at once
 //! ```
 //!
+//! With `serve --exec`, `Open` is replaced by a helper process: once the
+//! handshake is done, `Spawning` (the server starts the child, see
+//! [`Status::Spawn`]), then `Child` (bytes both ways, see `child`) until
+//! the child is reaped and its output delivered; then `Lingering`.
+//!
 //! [`State`] is that picture; a new stage (a WebSocket upgrade, a child
 //! process) is one more state.
 //!

@@ -12,6 +12,9 @@
 //! a few hundred bytes each. Who may connect, and how many at once, is
 //! decided in [`admission`]. A [`Shutdown`] handle stops accepting and drains.
 //!
+//! With [`Config::exec`], each connection gets a helper process instead of
+//! a protocol ([`exec`]), its pipes driven by the same event loop.
+//!
 //! The built-in protocols live in [`mode`]; `examples/kv.rs` shows a new one
 //! in a few dozen lines.
 //!

@@ -532,3 +532,33 @@ fn exec_takes_the_place_of_a_mode_and_of_the_web_listener() {
     assert_eq!(done.status.code(), Some(2));
     let _unused: Option<TcpStream> = None;
 }
+
+#[test]
+fn behind_a_proxy_the_child_sees_the_client_s_address() {
+    let (server, _) = exec(
+        "echo $TCPREMOTEIP $TCPREMOTEPORT; cat",
+        &["--proxy-protocol"],
+    );
+    let mut client = connect(server.addr);
+    client
+        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 5000\r\nhello\n")
+        .unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut client), b"192.0.2.7 4242\nhello\n");
+    assert_no_children(&server);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_by_the_write_timeout_and_its_child_goes() {
+    let (server, metrics) = exec("yes", &["--write-timeout", "1"]);
+    let client = connect(server.addr);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let text = scrape(metrics, "/metrics");
+            metric(&text, "sockline_disconnects_total{reason=\"too_slow\"}") == 1
+        }),
+        "never cut"
+    );
+    assert_no_children(&server);
+    drop(client);
+}
