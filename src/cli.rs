@@ -199,15 +199,26 @@ pub fn parse() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let (Command::Serve(args), Some(("serve", serve))) = (&cli.command, matches.subcommand())
-        && args.mode != Mode::Chat
-    {
+    if let (Command::Serve(args), Some(("serve", serve))) = (&cli.command, matches.subcommand()) {
         let given =
             |id: &&&str| serve.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-        if let Some(flag) = CHAT_FLAGS.iter().find(given) {
-            let flag = flag.replace('_', "-");
-            let mode = format!("{:?}", args.mode).to_lowercase();
-            let message = format!("--{flag} belongs to --mode chat, not --mode {mode}");
+        let misplaced = match (&args.exec, args.mode) {
+            (None, _) if given(&&"exec_grace") => Some("--exec-grace belongs to --exec".into()),
+            (Some(_), _) | (None, Mode::Ack | Mode::Echo) => {
+                CHAT_FLAGS.iter().find(given).map(|flag| {
+                    let flag = flag.replace('_', "-");
+                    match &args.exec {
+                        Some(_) => format!("--{flag} belongs to --mode chat, not --exec"),
+                        None => {
+                            let mode = format!("{:?}", args.mode).to_lowercase();
+                            format!("--{flag} belongs to --mode chat, not --mode {mode}")
+                        }
+                    }
+                })
+            }
+            (None, Mode::Chat) => None,
+        };
+        if let Some(message) = misplaced {
             let mut command = Cli::command();
             command.build();
             let serve = command

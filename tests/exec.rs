@@ -7,7 +7,7 @@ mod common;
 
 use common::{Binary, bin, connect, metric, read_to_close, scrape, serve_binary};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -530,7 +530,23 @@ fn exec_takes_the_place_of_a_mode_and_of_the_web_listener() {
         .output()
         .unwrap();
     assert_eq!(done.status.code(), Some(2));
-    let _unused: Option<TcpStream> = None;
+    // Flags of another mode, or of --exec without it, say where they belong.
+    for (args, says) in [
+        (
+            &["--exec", "cat", "--history", "3"][..],
+            "--history belongs to --mode chat, not --exec",
+        ),
+        (&["--exec-grace", "3"][..], "--exec-grace belongs to --exec"),
+    ] {
+        let done = Command::new(bin())
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(done.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 #[test]
