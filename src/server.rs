@@ -657,6 +657,10 @@ impl<P: Protocol> Worker<P> {
         let Some(exec) = &self.shared.config.exec else {
             return self.close(key, CloseReason::Error);
         };
+        if self.draining {
+            // Its handshake ended after the signal: no new child.
+            return self.close(key, CloseReason::Shutdown);
+        }
         let metrics = &self.shared.config.metrics;
         let entry = &mut self.conns[key];
         let remote = entry.conn.peer();

@@ -164,8 +164,14 @@ fn serve_on_a_terminal(env: &[(&str, &str)]) -> String {
     let mut master = std::fs::File::from(pty.master);
     let mut seen = Vec::new();
     let mut buf = [0; 4096];
-    // Up to the `listening on` line, then one client.
-    while !String::from_utf8_lossy(&seen).contains("listening on ") {
+    // Up to the end of the `listening on` line (a read may stop within
+    // the address), then one client.
+    let whole = |seen: &[u8]| {
+        let text = String::from_utf8_lossy(seen);
+        text.find("listening on ")
+            .is_some_and(|at| text[at..].contains('\n'))
+    };
+    while !whole(&seen) {
         let n = master.read(&mut buf).unwrap();
         seen.extend_from_slice(&buf[..n]);
     }

@@ -199,9 +199,21 @@ impl<S> Connection<S> {
                         if n < buf.len() && !self.stream.is_tls() && piped.ready & HUP == 0 {
                             piped.ready &= !SOCKET;
                         }
-                        if piped.child.stdin.is_some() {
-                            piped.child.pending.extend_from_slice(&buf[..n]);
-                            piped.ready |= STDIN;
+                        // Straight to the pipe; only what it does not take
+                        // waits (and holds the client back).
+                        let child = &mut piped.child;
+                        match child
+                            .stdin
+                            .as_mut()
+                            .map(|stdin| write_some(stdin, &buf[..n]))
+                        {
+                            Some(Ok(wrote)) if wrote < n => {
+                                child.pending.extend_from_slice(&buf[wrote..n]);
+                                piped.ready &= !STDIN;
+                            }
+                            Some(Ok(_)) => {}
+                            // It closed its stdin: what the client sends is dropped.
+                            Some(Err(_)) | None => child.stdin = None,
                         }
                         moved = true;
                     }
@@ -276,18 +288,24 @@ fn write_pending(child: &mut Child) -> io::Result<bool> {
     let Some(stdin) = &mut child.stdin else {
         return Err(io::ErrorKind::BrokenPipe.into());
     };
+    let wrote = write_some(stdin, &child.pending)?;
+    child.pending.drain(..wrote);
+    if child.pending.is_empty() {
+        child.pending = Vec::new();
+    }
+    Ok(wrote > 0)
+}
+
+/// Writes `bytes` to a pipe as far as it takes them; how many it took.
+fn write_some(pipe: &mut impl Write, bytes: &[u8]) -> io::Result<usize> {
     let mut wrote = 0;
-    while wrote < child.pending.len() {
-        match stdin.write(&child.pending[wrote..]) {
+    while wrote < bytes.len() {
+        match pipe.write(&bytes[wrote..]) {
             Ok(n) => wrote += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    child.pending.drain(..wrote);
-    if child.pending.is_empty() {
-        child.pending = Vec::new();
-    }
-    Ok(wrote > 0)
+    Ok(wrote)
 }
