@@ -279,6 +279,13 @@ impl Child {
         self.log_lines(peer, self.stderr.is_none());
     }
 
+    /// The connection ends (the child was reaped): what its stderr still
+    /// holds is logged, a last partial line too.
+    pub fn last_stderr(&mut self, buf: &mut [u8], peer: SocketAddr) {
+        self.log_stderr(buf, peer, 64);
+        self.log_lines(peer, true);
+    }
+
     /// Logs the complete lines held (and with `all` the rest too).
     fn log_lines(&mut self, peer: SocketAddr, all: bool) {
         let mut start = 0;

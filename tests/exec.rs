@@ -34,11 +34,18 @@ fn procs() -> Vec<Proc> {
             continue;
         };
         let fields: Vec<&str> = after.split_whitespace().collect();
+        let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) = (
+            fields.first().and_then(|f| f.chars().next()),
+            fields.get(1).map(|f| f.parse()),
+            fields.get(2).map(|f| f.parse()),
+        ) else {
+            panic!("cannot read /proc/{pid}/stat: {stat:?}");
+        };
         all.push(Proc {
             pid,
-            state: fields[0].chars().next().unwrap(),
-            ppid: fields[1].parse().unwrap(),
-            pgrp: fields[2].parse().unwrap(),
+            state,
+            ppid,
+            pgrp,
         });
     }
     all

@@ -237,6 +237,7 @@ impl<S> Connection<S> {
             if maybe_exited && piped.child.reap() {
                 piped.ready &= !EXIT;
                 if let Side::Gone(why) = piped.client {
+                    piped.child.last_stderr(&mut scratch.input, peer);
                     return Status::Close(why);
                 }
                 if piped.child.stdout.is_none() {
@@ -248,6 +249,7 @@ impl<S> Connection<S> {
                         (self.outbox).send(&mut self.stream, line, &mut scratch.counts);
                     }
                     if !self.outbox.has_unwritten() && !self.stream.tls_pending() {
+                        piped.child.last_stderr(&mut scratch.input, peer);
                         return Status::Close(CloseReason::Child);
                     }
                 }
