@@ -328,7 +328,7 @@ rows = [
     ("rr: of which children (relays, shells, cats)", "r_children", 2, min, ""),
     ("rr: cgroup CPU µs per line (cross-check)", "r_cgroup", 2, min, ""),
     ("rr: server + children by utime + stime alone (lags)", "r_stat", 2, min, ""),
-    ("rr: server process µs per line, by sockline bench", "r_bench_server", 2, min, ""),
+    ("rr: server process µs per line, by sockline bench", "r_bench_server", 2, None, ""),
     ("rr: latency p99 ms", "r_p99", 2, min, ""),
     ("rr: server process RSS KiB per connection", "r_rss", 1, min, ""),
     ("rr: PSS KiB per connection, server + helpers", "r_pss", 0, min, ""),
