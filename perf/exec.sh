@@ -6,20 +6,20 @@
 #   perf/exec.sh [ROUNDS]       (default 3; each figure is the median)
 #
 # The servers (PEERS, default all six):
-#   sockline    sockline serve --exec cat            (/bin/sh -c cat)
-#   sockline-exec  sockline serve --exec 'exec cat'  (the shell execs cat)
+#   sockline    sockline serve --exec cat            (cat, no shell: a plain
+#                                                      command is started directly)
+#   sockline-sh sockline serve --exec ':; cat'       (/bin/sh -c, which forks cat)
 #   ncat        ncat -lk --sh-exec cat               (/bin/sh -c cat)
 #   socat       socat TCP-LISTEN:...,fork SYSTEM:cat (/bin/sh -c cat)
 #   ncat-exec   ncat -lk --exec /bin/cat             (cat, no shell)
 #   socat-exec  socat TCP-LISTEN:...,fork EXEC:cat   (cat, no shell)
-# sockline always runs COMMAND with /bin/sh -c, so the first three do the
-# same work per connection (here /bin/sh is dash, which forks cat rather
-# than exec it: two execs per connection); the -exec variants spare the
-# shell and are there to show what it costs; sockline-exec is what a user
-# of sockline can do about it today. ratio (sh) compares sockline with the
-# best of ncat and socat; ratio (no sh) sockline-exec with the best of
-# ncat-exec and socat-exec; ratio (all) sockline with the best of the four
-# peers.
+# sockline starts a command of plain words naming a program without a
+# shell, as ncat --exec and socat EXEC: do; any other command goes through
+# /bin/sh -c, as ncat --sh-exec and socat SYSTEM: do (here /bin/sh is dash,
+# which forks cat rather than exec it: two programs per connection).
+# ratio (no sh) compares sockline with the best of ncat-exec and socat-exec;
+# ratio (sh) sockline-sh with the best of ncat and socat; ratio (all)
+# sockline with the best of the four peers.
 # socat gets backlog=4096 as sockline has (its default, 5, makes connects
 # wait out SYN retransmits); ncat's listen backlog is 10, fixed.
 #
@@ -76,7 +76,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 DURATION=${DURATION:-6}
 CHURN=${CHURN:-16}
-read -r -a PEERS <<< "${PEERS:-sockline ncat socat ncat-exec socat-exec sockline-exec}"
+read -r -a PEERS <<< "${PEERS:-sockline ncat socat ncat-exec socat-exec sockline-sh}"
 command -v ncat >/dev/null && command -v socat >/dev/null || { echo "needs ncat and socat" >&2; exit 1; }
 OUT=${KEEP:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -205,7 +205,7 @@ start() {
   PORT=$(free_port)
   case $1 in
     sockline)   cmd=("$SOCKLINE" serve -q --exec cat --listen "127.0.0.1:$PORT") ;;
-    sockline-exec) cmd=("$SOCKLINE" serve -q --exec 'exec cat' --listen "127.0.0.1:$PORT") ;;
+    sockline-sh) cmd=("$SOCKLINE" serve -q --exec ':; cat' --listen "127.0.0.1:$PORT") ;;
     ncat)       cmd=(ncat -lk 127.0.0.1 "$PORT" --sh-exec cat) ;;
     socat)      cmd=(socat "TCP-LISTEN:$PORT,bind=127.0.0.1,reuseaddr,fork,backlog=4096" SYSTEM:cat) ;;
     ncat-exec)  cmd=(ncat -lk 127.0.0.1 "$PORT" --exec /bin/cat) ;;
@@ -341,17 +341,17 @@ def ratio(among, vals, better, me="sockline"):
         return None
     return vals[me] / better(best)
 print(f"\n{rounds} rounds, median; each server and its helpers on CPU 0, the load on CPU 1;")
-print("ratio = sockline / best peer (sh: ncat and socat with /bin/sh -c cat, as sockline; all: the -exec ones too;")
-print("no sh: sockline-exec / best of ncat-exec and socat-exec);")
+print("ratio = sockline / best peer (no sh: ncat-exec and socat-exec, cat without a shell, as sockline --exec cat;")
+print("all: ncat and socat with /bin/sh -c cat too; sh: sockline-sh / best of ncat and socat, all three through /bin/sh -c);")
 print("per round: ratio (all) within each round, round 1 first\n")
-print("| figure | " + " | ".join(peers) + " | ratio (sh) | ratio (no sh) | ratio (all) | per round (all) | goal |")
+print("| figure | " + " | ".join(peers) + " | ratio (no sh) | ratio (sh) | ratio (all) | per round (all) | goal |")
 print("|---|" + "---|" * (len(peers) + 5))
 for name, key, digits, better, goal in rows:
     scale = 1000 if key == "lps" else 1
     vals = {p: med(p, key) for p in peers}
     per = " ".join(fmt(ratio(others, {p: F[p][r][key] for p in peers}, better)) for r in R)
     cells = [f"{v / scale:.{digits}f}" if v is not None else "—" for v in vals.values()]
-    print(f"| {name} | " + " | ".join(cells) + f" | {fmt(ratio(sh, vals, better))} | {fmt(ratio(nosh, vals, better, 'sockline-exec'))} | {fmt(ratio(others, vals, better))} | {per} | {goal} |")
+    print(f"| {name} | " + " | ".join(cells) + f" | {fmt(ratio(nosh, vals, better))} | {fmt(ratio(sh, vals, better, 'sockline-sh'))} | {fmt(ratio(others, vals, better))} | {per} | {goal} |")
 print()
 for p in peers:
     errs = sum(F[p][r]["c_errors"] + (F[p][r]["r_errors"] or 0) for r in R)

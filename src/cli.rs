@@ -48,9 +48,10 @@ pub struct ServeArgs {
     /// What the server answers.
     #[arg(long, value_enum, default_value_t = Mode::Ack)]
     pub mode: Mode,
-    /// Instead of a mode: run COMMAND (with /bin/sh -c) once per client,
-    /// its stdin the client's bytes and its stdout sent back as it is; its
-    /// stderr is logged. It gets PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT,
+    /// Instead of a mode: run COMMAND (with /bin/sh -c; plain words naming
+    /// a program are started directly) once per client, its stdin the
+    /// client's bytes and its stdout sent back as it is; its stderr is
+    /// logged. It gets PROTO=TCP, TCPREMOTEIP, TCPREMOTEPORT,
     /// TCPLOCALIP, TCPLOCALPORT (and TLSCLIENTSUBJECT with
     /// --tls-client-ca), as under tcpserver.
     #[arg(long, value_name = "COMMAND", conflicts_with_all = ["mode", "web"])]

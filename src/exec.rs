@@ -26,18 +26,90 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How a server runs one helper process per client.
 #[derive(Debug, Clone)]
 pub struct Exec {
-    /// The command, run by `/bin/sh -c`.
-    pub command: String,
-    /// Once the client is gone (or the server drains), how long the child
-    /// has to exit before its group gets SIGTERM, then as long again before
-    /// SIGKILL.
-    pub grace: Duration,
+    command: String,
+    grace: Duration,
+    /// The program and its arguments, for a command the shell would only
+    /// look up and start (see [`Exec::new`]).
+    direct: Option<(PathBuf, Vec<String>)>,
+}
+
+/// Words the shell gives a meaning of its own (builtins, keywords): a
+/// command starting with one is always run by the shell.
+const SHELL_WORDS: [&str; 51] = [
+    ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done", "echo",
+    "elif", "else", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg", "fi", "for",
+    "getopts", "hash", "if", "in", "jobs", "kill", "local", "printf", "pwd", "read", "readonly",
+    "return", "set", "shift", "test", "then", "times", "trap", "true", "type", "ulimit", "umask",
+    "unalias", "unset", "until", "wait", "while",
+];
+
+impl Exec {
+    /// `command`, to be run by `/bin/sh -c` for each client; once the
+    /// client is gone (or the server drains), a child has `grace` before
+    /// its process group gets SIGTERM, then as long again before SIGKILL.
+    ///
+    /// A command of plain words (letters, digits and `_-./,:+@%`: no
+    /// quotes, variables, globs, redirections or separators) whose first
+    /// word names a program on `PATH` (not a shell builtin or keyword) is
+    /// started directly, as the shell would start it, without the shell in
+    /// between: one program started per client instead of two.
+    pub fn new(command: impl Into<String>, grace: Duration) -> Exec {
+        let command = command.into();
+        let direct = plain(&command);
+        Exec {
+            command,
+            grace,
+            direct,
+        }
+    }
+
+    /// The command.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// The grace before the signals.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// True when the command is started without a shell.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+/// The program and arguments of a command the shell would only look up
+/// and start, or `None`.
+fn plain(command: &str) -> Option<(PathBuf, Vec<String>)> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_-./,:+@% \t".contains(c);
+    if !command.chars().all(allowed) {
+        return None;
+    }
+    let mut words = command.split_ascii_whitespace().map(String::from);
+    let first = words.next()?;
+    if SHELL_WORDS.contains(&first.as_str()) || first.starts_with('-') {
+        return None;
+    }
+    let program = match first.contains('/') {
+        true => Some(PathBuf::from(&first)).filter(|p| executable(p)),
+        false => std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(&first))
+            .find(|p| executable(p)),
+    }?;
+    Some((program, std::iter::once(first).chain(words).collect()))
+}
+
+fn executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The sources of one child, after the connection's socket (0) in the
@@ -66,10 +138,19 @@ pub struct Client {
 impl Exec {
     /// Starts the command for `client`; its pipes are non-blocking.
     pub fn spawn(&self, client: &Client) -> io::Result<Child> {
-        let mut command = Command::new("/bin/sh");
+        let mut command = match &self.direct {
+            Some((program, words)) => {
+                let mut command = Command::new(program);
+                command.arg0(&words[0]).args(&words[1..]);
+                command
+            }
+            None => {
+                let mut command = Command::new("/bin/sh");
+                command.arg("-c").arg(&self.command);
+                command
+            }
+        };
         command
-            .arg("-c")
-            .arg(&self.command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -422,5 +503,36 @@ pub fn describe(status: ExitStatus) -> String {
             }
         }
         (None, None) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_words_naming_a_program_skip_the_shell() {
+        let direct = |command: &str| Exec::new(command, Duration::ZERO).is_direct();
+        for command in ["cat", "tr a-z A-Z", "sleep 60", "/bin/cat -u", "  yes  "] {
+            assert!(direct(command), "{command}");
+        }
+        let shell = [
+            "cat | cat",
+            "echo hi",
+            "exit 3",
+            "FOO=1 cat",
+            "cat $HOME",
+            "cat *.txt",
+            "cat > out",
+            "sleep 1; cat",
+            "cat &",
+            "'cat'",
+            "no-such-program-here",
+            "./not/a/file",
+            "",
+        ];
+        for command in shell {
+            assert!(!direct(command), "{command}");
+        }
     }
 }

@@ -80,10 +80,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         web_origins: sockline::web::Origins {
             allowed: args.web_origin.clone(),
         },
-        exec: args.exec.clone().map(|command| sockline::exec::Exec {
-            command,
-            grace: args.exec_grace,
-        }),
+        exec: (args.exec.clone())
+            .map(|command| sockline::exec::Exec::new(command, args.exec_grace)),
     };
     let (metrics, drain, json) = (config.metrics.clone(), args.drain_timeout, say.json);
     let quiet = args.quiet;

@@ -1049,7 +1049,7 @@ impl Sweep {
         let second = Duration::from_secs(1);
         let handshake = (config.tls.is_some() || config.proxy_protocol || web)
             .then_some(config.handshake_timeout);
-        let grace = config.exec.as_ref().map(|exec| exec.grace);
+        let grace = config.exec.as_ref().map(|exec| exec.grace());
         let timeouts = [config.idle_timeout, handshake, config.write_timeout, grace];
         // At least once a second, for the rate budget and the queue gauge.
         let every = match timeouts.iter().flatten().min() {

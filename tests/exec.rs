@@ -585,3 +585,19 @@ fn a_client_that_stops_reading_is_cut_by_the_write_timeout_and_its_child_goes() 
     assert_no_children(&server);
     drop(client);
 }
+
+#[test]
+fn a_plain_command_is_started_without_a_shell_and_any_other_through_one() {
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    for (command, program) in [("cat", "cat\n"), ("cat | cat", "sh\n")] {
+        let (server, _) = exec(command, &[]);
+        let client = connect(server.addr);
+        (&client).write_all(b"x\n").unwrap();
+        let mut echo = [0; 2];
+        (&client).read_exact(&mut echo).unwrap();
+        let children = children_of(server.child.id());
+        assert_eq!(children.len(), 1, "{children:?}");
+        assert_eq!(comm(children[0].pid), program, "{command}");
+        assert_eq!(children[0].pgrp, children[0].pid);
+    }
+}
