@@ -4,7 +4,8 @@
 # with any arguments given. .ci/run calls this same script.
 #
 #   javac         the tutorial's Java client and server (interop tests)
-#   prlimit       the out-of-descriptors test lowers the server's limit
+#   prlimit       the out-of-descriptors tests lower the server's limit
+#   python3       a --exec test runs a Python script as the helper
 #   redis-server  the chat cluster tests run a real Redis
 #   haproxy       the PROXY protocol tests run a real HAProxy (in /usr/sbin)
 #   chromium      the web page tests drive a real headless Chromium,
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v javac >/dev/null || need+=(default-jdk-headless)
 command -v prlimit >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
 command -v redis-server >/dev/null || need+=(redis-server)
 PATH="$PATH:/usr/sbin" command -v haproxy >/dev/null || need+=(haproxy)
 command -v chromium >/dev/null || need+=(chromium)
