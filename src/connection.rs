@@ -598,7 +598,11 @@ impl<S> Connection<S> {
     /// Closes the connection with a last line of the server's own (e.g. an
     /// idle timeout): nothing more is answered; what is pending still goes.
     pub fn end_with(&mut self, notice: &[u8], why: CloseReason, scratch: &mut Scratch) -> Status {
-        if let State::Child(_) = self.state {
+        if let State::Child(piped) = &self.state {
+            if piped.abandoned() {
+                // Told already; waiting for the child to be reaped.
+                return Status::Wait { want_write: false };
+            }
             // The notice, then the child is let go (see `abandon`).
             let mut line = notice.to_vec();
             line.push(b'\n');

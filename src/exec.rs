@@ -22,13 +22,31 @@ use mio::unix::SourceFd;
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
 use rustix::process::{Pid, Signal, WaitOptions};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The process groups of this process's helpers whose owner (a [`Child`],
+/// then its [`Grave`]) signals and reaps them. A group's number cannot be
+/// reused while it has a member, and with the server a subreaper, members
+/// are reaped only by their owner: so the owner may signal its group for as
+/// long as the number is in here. The lock is held across each spawn and
+/// each reaping that may empty a group, so a number leaves this set before
+/// a new child can get it.
+static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// [`become_subreaper`] succeeded.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+fn groups() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// How a server runs one helper process per client.
 #[derive(Debug, Clone)]
@@ -163,8 +181,11 @@ impl Exec {
         if let Some(subject) = &client.subject {
             command.env("TLSCLIENTSUBJECT", subject);
         }
+        let mut groups = groups();
         let mut process = command.spawn()?;
         let pid = Pid::from_child(&process);
+        groups.insert(pid.as_raw_nonzero().get());
+        drop(groups);
         let pipes = (|| {
             let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
             let stdin = Sender::from(process.stdin.take().expect("piped"));
@@ -180,6 +201,7 @@ impl Exec {
             Err(e) => {
                 let _ = rustix::process::kill_process_group(pid, Signal::KILL);
                 let _ = process.wait();
+                settle(pid);
                 return Err(e);
             }
         };
@@ -193,6 +215,7 @@ impl Exec {
             pending: Vec::new(),
             stderr_line: Vec::new(),
             status: None,
+            group: true,
             wrote: false,
             grace: self.grace,
             clock: None,
@@ -218,6 +241,9 @@ pub struct Child {
     stderr_line: Vec<u8>,
     /// Its exit status, once reaped.
     status: Option<ExitStatus>,
+    /// Its process group is still ours to signal (see [`GROUPS`]): until
+    /// it is reaped, and after while members it left are.
+    group: bool,
     /// It wrote something to its stdout.
     pub wrote: bool,
     grace: Duration,
@@ -295,12 +321,23 @@ impl Child {
             Ok(Some(status)) => self.status = Some(status),
             Ok(None) => return false,
             // Not ours to wait for any more (cannot happen: only this
-            // handle reaps it); count it as gone.
+            // handle and its group's owner reap it); count it as gone.
             Err(_) => self.status = Some(ExitStatus::default()),
         }
-        if group_alive(self.pid) {
+        if !SUBREAPER.load(Ordering::Relaxed) {
+            // Its orphans go to init, which reaps them when it likes: the
+            // number may be reused at any time from now on. One signal,
+            // while the group is seen alive, then hands off.
+            if group_alive(self.pid) {
+                let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
+            }
+            groups().remove(&self.pid.as_raw_nonzero().get());
+            self.group = false;
+        } else if settle(self.pid) {
             let _ = rustix::process::kill_process_group(self.pid, Signal::TERM);
             self.clock = Some((Instant::now(), 1));
+        } else {
+            self.group = false;
         }
         true
     }
@@ -318,6 +355,9 @@ impl Child {
 
     /// Sends the signals that are due by `now`; true if one was sent.
     pub fn tick(&mut self, now: Instant) -> bool {
+        if !self.group {
+            return false;
+        }
         let Some((since, sent)) = &mut self.clock else {
             return false;
         };
@@ -330,16 +370,24 @@ impl Child {
             return false;
         }
         *sent = due;
+        if self.status.is_some() && !settle(self.pid) {
+            // What it left is gone, and so is the number.
+            self.group = false;
+            return false;
+        }
         let signal = if due == 2 { Signal::KILL } else { Signal::TERM };
         rustix::process::kill_process_group(self.pid, signal).is_ok()
     }
 
     /// Reads its stderr until dry (or `budget` reads) and logs each line,
     /// tagged with the client's address.
-    pub fn log_stderr(&mut self, buf: &mut [u8], peer: SocketAddr, budget: usize) {
+    /// True when the budget ran out before the pipe was dry: more may wait.
+    pub fn log_stderr(&mut self, buf: &mut [u8], peer: SocketAddr, budget: usize) -> bool {
         use std::io::Read;
+        let mut more = true;
         for _ in 0..budget {
             let Some(stderr) = &mut self.stderr else {
+                more = false;
                 break;
             };
             match stderr.read(buf) {
@@ -349,21 +397,26 @@ impl Child {
                 }
                 Ok(n) => self.stderr_line.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
                 Err(_) => {
                     self.stderr = None;
+                    more = false;
                     break;
                 }
             }
             self.log_lines(peer, false);
         }
         self.log_lines(peer, self.stderr.is_none());
+        more && self.stderr.is_some()
     }
 
     /// The connection ends (the child was reaped): what its stderr still
     /// holds is logged, a last partial line too.
     pub fn last_stderr(&mut self, buf: &mut [u8], peer: SocketAddr) {
-        self.log_stderr(buf, peer, 64);
+        let _ = self.log_stderr(buf, peer, 64);
         self.log_lines(peer, true);
     }
 
@@ -392,23 +445,73 @@ impl Child {
     }
 
     /// The server stops now (drain timeout): SIGKILL to the group, and the
-    /// child reaped.
+    /// child reaped if it dies within 100 ms (one that does not, stuck in
+    /// the kernel, is left to its [`Grave`]: the loop does not block).
     pub fn kill_now(&mut self) {
-        if self.status.is_none() {
+        if self.group {
             let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
-            self.status = self.process.wait().ok();
+        }
+        for _ in 0..50 {
+            if self.reap() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
-    /// Its process group, to reap what the child left behind once the
-    /// connection is gone.
-    pub fn grave(&self) -> Grave {
-        Grave {
+    /// Its process group, if members may be left to signal and reap once
+    /// the connection is gone.
+    pub fn grave(&mut self) -> Option<Grave> {
+        std::mem::take(&mut self.group).then(|| Grave {
             pgid: self.pid,
             since: Instant::now(),
             grace: self.grace,
             killed: false,
+        })
+    }
+}
+
+/// Reaps the members of group `pgid` that exited (the leader too, if
+/// another handle did not); true while members are left. When none is,
+/// the number leaves [`GROUPS`], under its lock.
+fn settle(pgid: Pid) -> bool {
+    let mut groups = groups();
+    loop {
+        match rustix::process::waitpgid(pgid, WaitOptions::NOHANG) {
+            Ok(Some(_)) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(None) => return true,
+            // None of ours: gone, or members whose parent is a member
+            // (its exit is ours to reap, later).
+            Err(rustix::io::Errno::CHILD) if group_alive(pgid) => return true,
+            Err(_) => break,
         }
+    }
+    groups.remove(&pgid.as_raw_nonzero().get());
+    false
+}
+
+/// Reaps the children of this process that exited and belong to no
+/// helper's group: orphans a helper's children left that moved to a group
+/// or session of their own (`setsid`), and came to the server as their
+/// subreaper. One call takes what it can now; a zombie whose owner is to
+/// reap it stops it until the next.
+pub fn reap_strays() {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
+    if !SUBREAPER.load(Ordering::Relaxed) {
+        return;
+    }
+    let groups = groups();
+    for _ in 0..64 {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        let Some(pid) = waitid(Id::All, peek).ok().and_then(|status| status.pid()) else {
+            return;
+        };
+        let owned = |id: i32| groups.contains(&id);
+        let pgid = rustix::process::getpgid(Pid::from_raw(pid.as_raw()));
+        if owned(pid.as_raw()) || pgid.is_ok_and(|g| owned(g.as_raw_nonzero().get())) {
+            return;
+        }
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
     }
 }
 
@@ -460,30 +563,16 @@ impl Graves {
 impl Grave {
     /// Reaps the group's exited members; true once none is left.
     fn reap(&mut self) -> bool {
-        loop {
-            match rustix::process::waitpgid(self.pgid, WaitOptions::NOHANG) {
-                Ok(Some(_)) => continue,
-                // Members left, none exited yet; or none of ours at all
-                // (orphans are ours only as a subreaper), then whether
-                // any is alive.
-                Ok(None) => return false,
-                // SIGKILLed already: what is left is not ours to reap.
-                Err(rustix::io::Errno::CHILD) => {
-                    return !group_alive(self.pgid) || self.killed;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return true,
-            }
-        }
+        !settle(self.pgid)
     }
 }
 
 /// Makes this process the reaper of its descendants' orphans, so that what
 /// a child's shell leaves behind is reaped here ([`Graves`]).
 pub fn become_subreaper() -> io::Result<()> {
-    Ok(rustix::process::set_child_subreaper(Some(
-        rustix::process::getpid(),
-    ))?)
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    SUBREAPER.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// `status` in a few words, for logs and metrics: `0`, `3`, or a signal's

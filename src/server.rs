@@ -782,7 +782,9 @@ impl<P: Protocol> Worker<P> {
             let status = child.status().map_or("unknown".into(), exec::describe);
             tracing::debug!(%peer, pid = child.pid(), %status, "child exited");
             metrics.exited(status);
-            self.graves.bury(child.grave());
+            if let Some(grave) = child.grave() {
+                self.graves.bury(grave);
+            }
         }
         if entry.conn.lingering() {
             let mut entry = self.conns.remove(key);
@@ -930,6 +932,9 @@ impl<P: Protocol> Worker<P> {
             }
         }
         self.graves.sweep(now);
+        if self.shared.config.exec.is_some() {
+            exec::reap_strays();
+        }
         let metrics = &self.shared.config.metrics;
         metrics.queued(std::mem::replace(&mut self.queued, queued), queued);
         let was = std::mem::replace(&mut self.websockets, websockets);

@@ -601,3 +601,69 @@ fn a_plain_command_is_started_without_a_shell_and_any_other_through_one() {
         assert_eq!(children[0].pgrp, children[0].pid);
     }
 }
+
+#[test]
+fn one_long_stderr_write_does_not_stall_the_connection() {
+    // 1 MiB in one write(2) to stderr: the server logs it in pieces and
+    // keeps reading until the pipe is dry, so the child gets on.
+    let (server, _) = exec(
+        "dd if=/dev/zero bs=1M count=1 status=none >&2; echo done",
+        &[],
+    );
+    let mut client = connect(server.addr);
+    assert_eq!(read_to_close(&mut client), b"done\n");
+    assert_no_children(&server);
+}
+
+#[test]
+fn what_leaves_its_group_is_reaped_too() {
+    // setsid puts the sleep in a session and group of its own: no signal
+    // to the helper's group reaches it, but as the server is its
+    // subreaper, it is reaped when it exits, not left a zombie.
+    let (server, _) = exec("setsid sleep 0.3 & sleep 0.1; echo hi", &[]);
+    for _ in 0..3 {
+        let mut client = connect(server.addr);
+        assert_eq!(read_to_close(&mut client), b"hi\n");
+    }
+    assert_no_children(&server);
+}
+
+#[test]
+fn a_reused_process_number_is_not_signalled_for_a_group_that_is_gone() {
+    // Client 1's shell exits, leaving a setsid'd sleep that holds its
+    // output open, so its connection outlives the group. The next child
+    // is given the shell's old number (ns_last_pid), and must not get
+    // client 1's grace signals.
+    let command = "read x; if [ \"$x\" = first ]; then setsid sleep 6 & sleep 0.3; echo $$; exit; fi; exec cat";
+    let (server, _) = exec(command, &["--exec-grace", "1"]);
+    let (second, reused) = (0..5)
+        .find_map(|_| {
+            let mut first = connect(server.addr);
+            first.write_all(b"first\n").unwrap();
+            first.shutdown(Shutdown::Write).unwrap();
+            let mut reader = BufReader::new(first);
+            let old: u32 = read_line(&mut reader).trim().parse().unwrap();
+            assert!(eventually(Duration::from_secs(5), || group(old).is_empty()));
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (old - 1).to_string())
+                .expect("write ns_last_pid (the tests run as root)");
+            let second = connect(server.addr);
+            (&second).write_all(b"second\n").unwrap();
+            (&second).write_all(b"ping\n").unwrap();
+            let mut echo = [0; 5];
+            (&second).read_exact(&mut echo).unwrap();
+            let pids: Vec<u32> = children_of(server.child.id())
+                .iter()
+                .filter(|p| p.pgrp == p.pid)
+                .map(|p| p.pid)
+                .collect();
+            pids.contains(&old).then_some((second, reader))
+        })
+        .expect("the old number was never given again");
+    // Past client 1's grace and its double: the cat of client 2 still answers.
+    std::thread::sleep(Duration::from_secs(3));
+    (&second).write_all(b"still\n").unwrap();
+    let mut echo = [0; 6];
+    (&second).read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still\n");
+    drop(reused);
+}

@@ -51,6 +51,11 @@ const HUP: u8 = 1 << 7;
 const OUT_HUP: u8 = 1 << 6;
 
 impl Piped {
+    /// True once the client is gone or the server let it go.
+    pub fn abandoned(&self) -> bool {
+        matches!(self.client, Side::Gone(_))
+    }
+
     pub fn new(child: Child) -> Box<Self> {
         Box::new(Piped {
             child,
@@ -158,6 +163,7 @@ impl<S> Connection<S> {
                     Some(0) => piped.child.stdout = None,
                     Some(n) => {
                         piped.child.wrote = true;
+                        self.idle = 0;
                         self.quiet = 0;
                         (self.outbox).send(&mut self.stream, &buf[..n], &mut scratch.counts);
                         if n < buf.len() && piped.ready & OUT_HUP == 0 {
@@ -226,10 +232,15 @@ impl<S> Connection<S> {
                 }
             }
             if piped.ready & STDERR != 0 {
-                piped
+                match piped
                     .child
-                    .log_stderr(&mut scratch.input, peer, READ_BUDGET);
-                piped.ready &= !STDERR;
+                    .log_stderr(&mut scratch.input, peer, READ_BUDGET)
+                {
+                    // The budget ran out first: more may wait (a child
+                    // blocked in one long write), and no new edge will say.
+                    true => moved = true,
+                    false => piped.ready &= !STDERR,
+                }
             }
             let maybe_exited = piped.ready & EXIT != 0
                 || piped.child.stdout.is_none()
