@@ -77,7 +77,9 @@ pub struct Config {
     pub web_origins: Origins,
     /// Hand every connection to a helper process of its own, instead of
     /// the protocol: its bytes to the process's stdin, its stdout back
-    /// (`serve --exec`; see [`crate::exec`]).
+    /// (`serve --exec`; see [`crate::exec`]). The process becomes a child
+    /// subreaper and reaps every exited child that is not a helper's:
+    /// such a server wants a process of its own.
     pub exec: Option<Exec>,
 }
 

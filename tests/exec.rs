@@ -36,11 +36,17 @@ fn procs() -> Vec<Proc> {
         let fields: Vec<&str> = after.split_whitespace().collect();
         let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) = (
             fields.first().and_then(|f| f.chars().next()),
-            fields.get(1).map(|f| f.parse()),
-            fields.get(2).map(|f| f.parse()),
+            fields.get(1).map(|f| f.parse::<i64>()),
+            fields.get(2).map(|f| f.parse::<i64>()),
         ) else {
             panic!("cannot read /proc/{pid}/stat: {stat:?}");
         };
+        if state == 'X' {
+            // Dead, being released this instant (its parent and group
+            // read as 0 and -1): gone.
+            continue;
+        }
+        let (ppid, pgrp) = (ppid as u32, pgrp as u32);
         all.push(Proc {
             pid,
             state,
