@@ -1,7 +1,9 @@
 //! `serve --exec`: a helper process per client, as the tutorial proposes
 //! and as `inetd`, djb's `tcpserver` and `ncat --exec` do.
 //!
-//! [`Exec::spawn`] starts `/bin/sh -c COMMAND` for one connection, with
+//! [`Exec::spawn`] starts `/bin/sh -c COMMAND` (or, for plain words
+//! naming a program, the program itself: see [`Exec::new`]) for one
+//! connection, with
 //! the UCSPI-TCP environment (`PROTO`, `TCPREMOTEIP`, ...) and three
 //! non-blocking pipes, in a process group of its own. The connection's
 //! event loop drives those pipes like its sockets (see
@@ -282,7 +284,7 @@ impl Child {
     pub fn close_stdin(&mut self) {
         self.stdin = None;
         self.pending = Vec::new();
-        self.start_clock(Instant::now(), 0);
+        self.start_grace();
     }
 
     /// The client is gone: nobody reads the child's output any more (its
@@ -302,13 +304,7 @@ impl Child {
     /// The client's end came, maybe behind bytes the child has not read
     /// yet: the grace starts now.
     pub fn start_grace(&mut self) {
-        self.start_clock(Instant::now(), 0);
-    }
-
-    fn start_clock(&mut self, now: Instant, signals: u8) {
-        if self.clock.is_none() {
-            self.clock = Some((now, signals));
-        }
+        self.clock.get_or_insert((Instant::now(), 0));
     }
 
     /// Reaps the child if it exited; true once it has. A group it leaves
@@ -380,8 +376,8 @@ impl Child {
     }
 
     /// Reads its stderr until dry (or `budget` reads) and logs each line,
-    /// tagged with the client's address.
-    /// True when the budget ran out before the pipe was dry: more may wait.
+    /// tagged with the client's address; true when the budget ran out
+    /// before the pipe was dry (more may wait).
     pub fn log_stderr(&mut self, buf: &mut [u8], peer: SocketAddr, budget: usize) -> bool {
         use std::io::Read;
         let mut more = true;

@@ -889,6 +889,7 @@ impl<P: Protocol> Worker<P> {
     /// not done in `handshake_timeout`, or pending bytes the client took
     /// none of for `write_timeout`.
     fn sweep(&mut self, sweep: &Sweep) {
+        let now = Instant::now();
         let mut ends = Vec::new();
         let (mut queued, mut websockets) = (0, 0);
         for (key, entry) in self.conns.iter_mut() {
@@ -899,6 +900,12 @@ impl<P: Protocol> Worker<P> {
             {
                 // It stopped reading mid-stream: read until the socket is dry.
                 self.ready.push((key, true));
+            }
+            if let Some(child) = entry.conn.child()
+                && child.tick(now)
+            {
+                // Signalled: see whether it is gone.
+                self.ready.push((key, false));
             }
             let (idle, stalled) = entry.conn.sweep();
             if let Some(every) = sweep.ping
@@ -922,15 +929,6 @@ impl<P: Protocol> Worker<P> {
                 ends.push((key, CloseReason::Idle));
             } else if past(sweep.stall, stalled) {
                 ends.push((key, CloseReason::TooSlow));
-            }
-        }
-        let now = Instant::now();
-        for (key, entry) in self.conns.iter_mut() {
-            if let Some(child) = entry.conn.child()
-                && child.tick(now)
-            {
-                // Signalled: see whether it is gone.
-                self.ready.push((key, false));
             }
         }
         self.graves.sweep(now);

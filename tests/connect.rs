@@ -432,19 +432,8 @@ fn client_certificate_problems_are_named_in_words() {
 
     // A server that wants a certificate, and a client without one.
     let pki = Pki::new("connect-mutual");
-    let (cert, key, ca) = (
-        pki.path("server.pem"),
-        pki.path("server.key"),
-        pki.path("ca.pem"),
-    );
-    let server = common::serve_binary(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-client-ca",
-        &ca,
-    ]);
+    let ca = pki.path("ca.pem");
+    let server = common::serve_binary(&pki.serve_args().each_ref().map(String::as_str));
     let addr = format!("localhost:{}", server.addr.port());
     let done = run_with(&["--ca", &ca, &addr], "hello\n");
     assert_exit(&done, 1, "requires a client certificate");

@@ -467,20 +467,11 @@ fn the_server_limits_apply_to_helpers_too() {
 #[test]
 fn over_tls_the_child_sees_plain_text_and_the_client_certificate() {
     let pki = common::pki::Pki::new("exec");
-    let (cert, key, ca) = (
-        pki.path("server.pem"),
-        pki.path("server.key"),
-        pki.path("ca.pem"),
+    let tls = pki.serve_args();
+    let (server, _) = exec(
+        "echo \"$TLSCLIENTSUBJECT\"; cat",
+        &tls.each_ref().map(String::as_str),
     );
-    let tls = [
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-client-ca",
-        &ca,
-    ];
-    let (server, _) = exec("echo \"$TLSCLIENTSUBJECT\"; cat", &tls);
     let mut client = pki.client(server.addr, true);
     client.write_all(b"secret\n").unwrap();
     client.flush().unwrap();

@@ -162,19 +162,8 @@ fn connect_binary(args: &[&str], input: &str) -> Finished {
 #[test]
 fn serve_and_connect_speak_tls_with_files_and_mutual_auth() {
     let pki = Pki::new("binary");
-    let (cert, key, ca) = (
-        pki.path("server.pem"),
-        pki.path("server.key"),
-        pki.path("ca.pem"),
-    );
-    let server = serve_binary(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--tls-client-ca",
-        &ca,
-    ]);
+    let ca = pki.path("ca.pem");
+    let server = serve_binary(&pki.serve_args().each_ref().map(String::as_str));
     let addr = format!("localhost:{}", server.addr.port());
     let (client_cert, client_key) = (pki.path("client.pem"), pki.path("client.key"));
     let done = connect_binary(

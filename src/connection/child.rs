@@ -106,8 +106,7 @@ impl<S> Connection<S> {
     /// [`exec::Child::tick`] for the signals).
     pub fn abandon(&mut self, why: CloseReason) {
         if let State::Child(piped) = &mut self.state {
-            piped.child.orphan();
-            piped.client = Side::Gone(why);
+            gone(piped, why);
             self.outbox.clear();
             self.stream.shutdown_write();
         }

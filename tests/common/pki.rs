@@ -64,6 +64,18 @@ impl Pki {
         self.dir.join(file).to_str().unwrap().to_string()
     }
 
+    /// `sockline serve` flags for mutual TLS with these files.
+    pub fn serve_args(&self) -> [String; 6] {
+        [
+            "--tls-cert".into(),
+            self.path("server.pem"),
+            "--tls-key".into(),
+            self.path("server.key"),
+            "--tls-client-ca".into(),
+            self.path("ca.pem"),
+        ]
+    }
+
     /// The server's config; with `mutual`, clients need a certificate.
     pub fn server_config(&self, mutual: bool) -> Config {
         let ca = mutual.then(|| self.dir.join("ca.pem"));
