@@ -173,12 +173,14 @@ fn serve(args: ServeArgs) -> Result<()> {
 /// level: a burst of thousands of connections is a line a second, not a
 /// line each (`-v` shows each).
 fn summarize(metrics: Arc<sockline::metrics::Metrics>) {
+    // The baseline now, not when the thread first runs (which on a busy
+    // machine can be after the first connections came and went).
+    // TLS failures read before the churn: a part of its closed.
+    let mut last_tls = metrics.tls_failed();
+    let mut last = metrics.churn();
     let spawned = std::thread::Builder::new()
         .name("summary".into())
         .spawn(move || {
-            // TLS failures read before the churn: a part of its closed.
-            let mut last_tls = metrics.tls_failed();
-            let mut last = metrics.churn();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
                 let tls = metrics.tls_failed();
